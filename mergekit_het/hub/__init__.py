@@ -1,0 +1,1 @@
+"""Hugging Face Hub: model cards for merges and experts (`card`), pushing folders (`upload`)."""
