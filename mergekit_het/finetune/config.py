@@ -1,0 +1,177 @@
+"""Fine-tuning configuration: a YAML file plus `key.sub=value` overrides, validated by pydantic.
+
+```yaml
+model: /path/to/all-MiniLM-L6-v2          # local folder or Hub id
+protocol: frozen_head                      # frozen_head | classifier | causal_lm
+mode: talos                                # dense | undertrained | talos | lora
+data: {task_file: eval/tasks/text_tasks.yaml, task: austen_book, max_length: 64}
+train: {max_steps: 300, batch_size: 32, lr: 5.0e-5}
+talos: {sparsity: 0.9}
+output: {dir: experts/austen_talos}
+```
+Relative paths in the file are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    task_file: Path
+    task: str
+    max_length: int = Field(128, ge=2)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+
+
+class HeadConfig(_Strict):
+    """Frozen ridge head (protocol frozen_head): W = (A + λI)⁻¹b on pretrained mean-pooled features."""
+
+    lam: float = Field(0.01, ge=0)
+    normalize: bool = True  # Fed3R normalize_W
+    temperature: float = Field(0.1, gt=0)  # logits / T in training and evaluation (Fed3R+FT)
+    max_examples: int | None = Field(None, ge=1)  # train examples used for the statistics
+    path: Path | None = None  # reuse a head.safetensors instead of computing one
+
+
+class TalosConfig(_Strict):
+    """TaLoS (Iurada et al., ICLR 2025): train only the LOW-sensitivity `1 - sparsity` fraction."""
+
+    sparsity: float = Field(0.9, gt=0, lt=1)
+    rounds: int = Field(4, ge=1)
+    calibration_split: Literal["train", "validation"] = "validation"
+    max_examples: int | None = Field(None, ge=1)  # cap on calibration examples (all by default)
+    frozen_scale: float = Field(0.1, ge=0)  # forward scale of frozen entries in later rounds
+    samples: int = Field(1, ge=1)  # labels sampled per example (TaLoS's R)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None  # peft's default for the architecture if None
+
+
+class TrainConfig(_Strict):
+    max_steps: int = Field(300, ge=1)  # the full budget: the LR schedule always spans it
+    budget_fraction: float | None = Field(None, gt=0, le=1)  # undertrained: stop at this fraction
+    batch_size: int = Field(32, ge=1)  # per process
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(0, ge=0)  # 0: evaluate only at the end
+    checkpoint_every: int = Field(0, ge=0)  # 0: no resumable checkpoints
+    snapshot_steps: list[int] = []  # also save full experts at these steps (early checkpoints)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_batch_size: int = Field(64, ge=1)
+
+    @property
+    def steps_to_run(self) -> int:
+        """ceil(budget_fraction * max_steps), at least 1."""
+        return max(1, math.ceil((self.budget_fraction or 1.0) * self.max_steps))
+
+
+class OutputConfig(_Strict):
+    dir: Path
+    overwrite: bool = False
+    save_task_vector: bool = False
+
+
+class FinetuneConfig(_Strict):
+    model: str
+    protocol: Literal["frozen_head", "classifier", "causal_lm"] = "frozen_head"
+    mode: Literal["dense", "undertrained", "talos", "lora"] = "dense"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    data: DataConfig
+    head: HeadConfig = HeadConfig()
+    talos: TalosConfig = TalosConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FinetuneConfig":
+        t = self.train
+        if self.mode == "undertrained" and t.budget_fraction is None:
+            t.budget_fraction = 0.25
+        if self.mode == "undertrained" and t.budget_fraction >= 1:
+            raise ValueError("mode 'undertrained' needs train.budget_fraction < 1 (e.g. 0.25)")
+        if self.mode != "undertrained" and t.budget_fraction not in (None, 1.0):
+            raise ValueError(f"train.budget_fraction is for mode 'undertrained'; mode is '{self.mode}'")
+        bad = [s for s in t.snapshot_steps if not 1 <= s < t.steps_to_run]
+        if bad:
+            raise ValueError(f"train.snapshot_steps {bad} must lie in 1..{t.steps_to_run - 1}")
+        if self.head.path is not None and self.protocol != "frozen_head":
+            raise ValueError("head.path is only used by protocol 'frozen_head'")
+        return self
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["train.lr=1e-4", "mode=talos"]` → nested dict; values parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{part}'")
+        node[leaf] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    for k, v in upd.items():
+        base[k] = _deep_update(dict(base.get(k) or {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict | None) else v
+    return base
+
+
+def load_finetune_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> FinetuneConfig:
+    """Read and validate a config; every problem is reported at once on one line."""
+    where = "config"
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        where = str(source)
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = _deep_update(raw, parse_overrides(overrides or []))
+    try:
+        return FinetuneConfig(**raw)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
+            msgs.append(f"{loc}: {msg}{got}" if loc else msg)
+        raise ConfigError(f"{where}: " + "; ".join(msgs)) from None
