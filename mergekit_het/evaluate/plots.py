@@ -93,6 +93,18 @@ def plot_accuracy_matrix(
                     path=path, mask_upper=True)
 
 
+def plot_disentanglement(
+    errors: Sequence[Sequence[float]],
+    alphas: Sequence[float],
+    tasks: tuple[str, str],
+    path: str | Path,
+) -> Path:
+    """Heatmap of the weight-disentanglement error ξ(α1, α2) (rows α1, columns α2)."""
+    labels = [f"{a:g}" for a in alphas]
+    return _heatmap(errors, labels, labels, title="Weight-disentanglement error ξ(α1, α2)",
+                    xlabel=f"α2 ({tasks[1]})", ylabel=f"α1 ({tasks[0]})", colorbar="ξ", path=path)
+
+
 def plot_method_bars(
     scores: Mapping[str, Mapping[str, float]],
     path: str | Path,

@@ -1,0 +1,40 @@
+"""`mergekit-het merge CONFIG OUT`: merge models as a mergekit YAML file describes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import load_merge_config
+from ..engine import MergeOptions, run_merge
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("merge", help="merge models described by a mergekit YAML config",
+                       description="Merge models described by a mergekit-style YAML config into OUT.")  # fmt: skip
+    p.add_argument("config", type=Path, help="mergekit YAML (models / base_model / merge_method / parameters / dtype)")
+    p.add_argument("out", type=Path, help="output folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--device", default="cpu", help="where the arithmetic runs: cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch compute threads (default: torch's)")
+    p.add_argument("--prefetch", type=int, default=2, help="tensor groups read ahead (default 2)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB, 500MB (default 5GB)")
+    p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (can run code)")
+    p.add_argument("--nan-policy", choices=["error", "warn", "ignore"], default="error",
+                   help="what to do with NaN/Inf in inputs (default error)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of random methods (DARE, DELLA); per tensor")
+    p.add_argument("--no-copy-tokenizer", action="store_true", help="copy only config files, not the tokenizer")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_merge_config(args.config)
+    options = MergeOptions(
+        device=args.device, threads=args.threads, prefetch=args.prefetch, max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite, allow_pickle=args.allow_pickle, nan_policy=args.nan_policy, seed=args.seed,
+        copy_tokenizer=not args.no_copy_tokenizer, progress=not args.quiet,
+    )  # fmt: skip
+    summary = run_merge(cfg, args.out, options, config_text=args.config.read_text())
+    print(summary)
+    return 0

@@ -1,0 +1,191 @@
+"""Evaluate a model folder on tasks: load it with one head per task, predict in batches, score.
+
+A model is an encoder (the weights that get merged) plus, for every task, a head:
+- frozen-head protocol (`modeling.EncoderWithFrozenHead`): the head is `head.safetensors` of
+  the folder, or of the task's expert folder (`heads={task: folder}`); all tasks share the
+  model's encoder module;
+- plain `AutoModelForSequenceClassification` folders: the folder's own head, or the task
+  expert's whole classifier with the model's encoder weights loaded into its backbone
+  (the "heads trained jointly with each expert" protocol).
+Either way task t is scored with expert t's head, so a merge, the base model and every
+expert are compared on equal terms; `load_encoder_state` swaps in merged weights in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, MergekitHetError
+from ..modeling import (
+    HEAD_FILE,
+    EncoderWithFrozenHead,
+    load_classifier,
+    load_encoder,
+    model_head_labels,
+    resolve_model,
+)
+from ..ridge import RidgeHead
+from ..tasks import TaskSpec, num_labels_of
+from .data import EncodedSplit
+from .metrics import accuracy, macro_f1
+
+RESULTS_FILE = "eval_results.json"
+
+
+@dataclass
+class TaskScore:
+    accuracy: float
+    macro_f1: float
+    n: int
+
+
+class MultiTaskModel:
+    """`heads[task](**batch).logits` for every task; `encoders` hold the mergeable weights
+    (all the same weights: one shared encoder, or the backbones of per-task classifiers)."""
+
+    def __init__(self, name: str, heads: dict[str, nn.Module], encoders: list[nn.Module]) -> None:
+        self.name, self.heads, self.encoders = name, heads, encoders
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the encoder weights (what merges combine), on CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.encoders[0].state_dict().items()}
+
+    def load_encoder_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace the encoder weights in place (strict: same names and shapes)."""
+        for enc in self.encoders:
+            try:
+                enc.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise MergekitHetError(
+                    f"{self.name}: state dict does not fit the encoder ({str(exc).splitlines()[1].strip()})"
+                ) from None
+
+    def to(self, device: str | torch.device) -> "MultiTaskModel":
+        for module in {id(m): m for m in self.heads.values()}.values():
+            module.to(device).eval()
+        return self
+
+
+def _check_labels(task: TaskSpec, have: int, where: str) -> None:
+    want = num_labels_of(task)
+    if have != want:
+        raise ConfigError(f"task '{task.name}' has {want} labels but {where} has a {have}-label head")
+
+
+def load_model(
+    model: str | os.PathLike,
+    tasks: Sequence[TaskSpec],
+    heads: Mapping[str, str | os.PathLike] | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> MultiTaskModel:
+    """Load `model`'s encoder with a head for each task (from `heads[task]`, else from `model`).
+
+    Raises a one-line error for an unreadable folder, a task without a head, or a head whose
+    label count differs from the task's.
+    """
+    heads = dict(heads or {})
+    unknown = set(heads) - {t.name for t in tasks}
+    if unknown:
+        raise ConfigError(f"heads given for unknown task(s) {sorted(unknown)}")
+    encoder = read_encoder(model, dtype)
+    model = str(model)
+    modules: dict[str, nn.Module] = {}
+    classifiers: dict[str, nn.Module] = {}  # head folder -> classifier holding a copy of the encoder
+    for task in tasks:
+        src = str(resolve_model(heads.get(task.name, model)))
+        head_file = Path(src) / HEAD_FILE
+        if head_file.is_file():
+            head = RidgeHead.load(head_file)
+            _check_labels(task, head.num_classes, str(head_file))
+            modules[task.name] = EncoderWithFrozenHead(
+                encoder, head, float(head.metadata.get("temperature", 1.0))
+            )
+        elif (have := model_head_labels(src)) is not None:
+            _check_labels(task, have, f"model folder {src}")
+            if src not in classifiers:
+                classifiers[src] = load_classifier(src, have, dtype)
+                classifiers[src].base_model.load_state_dict(encoder.state_dict(), strict=True)
+            modules[task.name] = classifiers[src]
+        else:
+            raise ConfigError(
+                f"no head for task '{task.name}': {src} has no {HEAD_FILE} and no "
+                f"sequence-classification head; give the task's expert folder as its head"
+            )
+    shared = [encoder] if any(isinstance(m, EncoderWithFrozenHead) for m in modules.values()) else []
+    return MultiTaskModel(model, modules, shared + [c.base_model for c in classifiers.values()])
+
+
+def read_encoder(model: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
+    """The folder's backbone (`modeling.load_encoder`); a one-line error if it cannot be read."""
+    try:
+        return load_encoder(model, dtype)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load model folder {model}: {str(exc).splitlines()[0]}") from None
+
+
+@torch.no_grad()
+def predict(module: nn.Module, data: EncodedSplit, *, device: str | torch.device = "cpu",
+            progress: bool = True, desc: str = "") -> torch.Tensor:
+    """Predicted class of every row of `data`, in the split's original order."""
+    preds = torch.empty(len(data), dtype=torch.long)
+    for rows, batch in tqdm(data.batches, desc=desc or f"{data.task}/{data.split}",
+                            unit="batch", disable=not progress, leave=False):
+        logits = module(**{k: v.to(device) for k, v in batch.items()}).logits
+        if logits.shape[-1] != data.num_labels:
+            raise MergekitHetError(
+                f"task '{data.task}' has {data.num_labels} labels but the model outputs {logits.shape[-1]}"
+            )
+        preds[rows] = logits.argmax(dim=-1).cpu()
+    return preds
+
+
+def score(preds: torch.Tensor, data: EncodedSplit) -> TaskScore:
+    return TaskScore(accuracy(preds, data.labels), macro_f1(preds, data.labels), len(data))
+
+
+def evaluate(
+    model: MultiTaskModel,
+    data: Mapping[str, EncodedSplit],
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, TaskScore]:
+    """Accuracy and macro-F1 of `model` on every encoded split in `data` (keyed by task)."""
+    model.to(device)
+    return {
+        task: score(predict(model.heads[task], d, device=device, progress=progress,
+                            desc=f"{Path(model.name).name} {task}/{d.split}"), d)
+        for task, d in data.items()
+    }
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def write_eval_results(folder: str | os.PathLike, scores: Mapping[str, TaskScore], split: str,
+                       *, overwrite: bool = False) -> Path:
+    """Write `<folder>/eval_results.json` = {"tasks": {task: {"accuracy", "macro_f1", "n"}}, "split"}
+    (read by the model-card writer); atomically, never over an existing file unless `overwrite`."""
+    path = Path(folder) / RESULTS_FILE
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; pass --overwrite to replace it")
+    tmp = path.with_name(f".{RESULTS_FILE}.tmp")
+    payload = {"tasks": {t: asdict(s) for t, s in scores.items()}, "split": split}
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

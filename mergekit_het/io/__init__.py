@@ -1,0 +1,1 @@
+"""Lazy tensor sources and the sharded, atomic safetensors writer."""

@@ -1,0 +1,109 @@
+"""PEFT LoRA adapters as models: W = W₀ + B·A·scale per target weight, materialized lazily.
+
+scale = lora_alpha / r (or lora_alpha / √r with `use_rslora`), per-module `rank_pattern` /
+`alpha_pattern` honoured; `fan_in_fan_out` (GPT-2 Conv1D) and embedding adapters transpose
+B·A. Tensors saved through `modules_to_save` replace the base's. DoRA is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .format import read_header, read_tensor
+from .sources import DerivedSource, TensorSource
+
+ADAPTER_CONFIG = "adapter_config.json"
+_PREFIX = "base_model.model."
+_LORA = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?$")
+
+
+def is_lora_adapter(path: Path) -> bool:
+    return (path / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base_model(path: Path) -> str | None:
+    return json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+
+
+def _pattern_value(patterns: dict[str, float], module: str, default: float) -> float:
+    for key, value in patterns.items():
+        if module == key or re.fullmatch(rf".*\.{key}", module):
+            return value
+    return default
+
+
+def lora_source(adapter: Path, base: TensorSource) -> DerivedSource:
+    """The model `base` + adapter, reading adapter tensors (small) once up front."""
+    cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ConfigError(f"{adapter}: peft_type {cfg.get('peft_type')} is not LoRA")
+    if cfg.get("use_dora"):
+        raise ConfigError(f"{adapter}: DoRA adapters are not supported (magnitude vectors cannot be merged as B·A)")
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"{adapter}: no adapter_model.safetensors")
+    metas, _ = read_header(weights)
+    fd = os.open(weights, os.O_RDONLY)
+    try:
+        raw = {k: read_tensor(fd, m) for k, m in metas.items()}
+    finally:
+        os.close(fd)
+
+    base_names = set(base.names())
+    resolve = _name_resolver(base_names, adapter)
+    pairs: dict[str, dict[str, Tensor]] = {}
+    replaced: dict[str, Tensor] = {}
+    for key, t in raw.items():
+        key = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        m = _LORA.match(key)
+        if m:
+            pairs.setdefault(m["module"], {})[m["kind"]] = t
+        else:
+            replaced[resolve(key)] = t
+    deltas: dict[str, tuple[Tensor, Tensor, float, bool]] = {}
+    r_default, alpha_default = cfg["r"], cfg.get("lora_alpha", cfg["r"])
+    for module, ab in pairs.items():
+        r = _pattern_value(cfg.get("rank_pattern") or {}, module, r_default)
+        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, alpha_default)
+        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        if "lora_A" in ab:
+            a, b, transpose = ab["lora_A"], ab["lora_B"], bool(cfg.get("fan_in_fan_out"))
+        else:
+            a, b, transpose = ab["lora_embedding_A"], ab["lora_embedding_B"], True
+        deltas[resolve(f"{module}.weight")] = (a.float(), b.float(), scale, transpose)
+
+    def transform(name: str, w: Tensor) -> Tensor | None:
+        if name in replaced:
+            return replaced[name]
+        if name not in deltas:
+            return None
+        a, b, scale, transpose = deltas[name]
+        delta = (b @ a) * scale
+        return w.float() + (delta.T if transpose else delta)
+
+    return DerivedSource(base, transform, label=f"{base.label}+{adapter}")
+
+
+def _name_resolver(base_names: set[str], adapter: Path):
+    """Map an adapter's module path to the base checkpoint's tensor name.
+
+    Exact match first; else drop leading components (an adapter trained on
+    `BertForSequenceClassification` names `bert.encoder...`, a `BertModel` folder `encoder...`)."""
+
+    def resolve(name: str) -> str:
+        parts = name.split(".")
+        for i in range(len(parts)):
+            candidate = ".".join(parts[i:])
+            if candidate in base_names:
+                return candidate
+        raise ConfigError(f"{adapter}: adapter tensor for '{name}' matches no tensor of the base model")
+
+    return resolve

@@ -1,0 +1,178 @@
+"""Tensor sources: lazy, tensor-by-tensor access to the weights of one model.
+
+Every source exposes `names()`, `meta(name) -> (shape, dtype)` (from headers, no data read)
+and `read(name) -> Tensor` (CPU). Kinds:
+- `SafetensorsModel`: a Hugging Face folder with `model.safetensors`, or sharded with
+  `model.safetensors.index.json`, or a single `.safetensors` file;
+- `PickleModel`: `pytorch_model.bin` checkpoints, only with an explicit opt-in (pickle can run code);
+- `StateDictSource`: tensors already in memory (federated/continual runners, sweeps);
+- `DerivedSource`: a model over a base, for LoRA adapters (`lora.py`) and stored task vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Protocol
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, TensorError
+from .format import TensorMeta, read_header, read_tensor
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+
+class TensorSource(Protocol):
+    label: str
+
+    def names(self) -> list[str]: ...
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]: ...
+
+    def read(self, name: str, pin_memory: bool = False) -> Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class SafetensorsModel:
+    """Lazy reader over the safetensors shards of one model (one descriptor per shard)."""
+
+    def __init__(self, path: Path):
+        self.label = str(path)
+        files = _safetensors_files(path)
+        self._metas: dict[str, TensorMeta] = {}
+        for file in files:
+            tensors, _ = read_header(file)
+            for name, meta in tensors.items():
+                if name in self._metas:
+                    raise TensorError(f"{path}: tensor {name} appears in two shards")
+                self._metas[name] = meta
+        self._fds = {file: os.open(file, os.O_RDONLY) for file in files}
+
+    def names(self) -> list[str]:
+        return list(self._metas)
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        m = self._metas[name]
+        return m.shape, m.dtype
+
+    def nbytes(self, name: str) -> int:
+        return self._metas[name].nbytes
+
+    def read(self, name: str, pin_memory: bool = False) -> Tensor:
+        meta = self._metas[name]
+        return read_tensor(self._fds[meta.file], meta, pin_memory)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    if path.is_file() and path.suffix == ".safetensors":
+        return [path]
+    index = path / SAFE_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError):
+            raise TensorError(f"{index}: not a valid safetensors index (no 'weight_map')") from None
+        files = sorted({path / f for f in weight_map.values()})
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise TensorError(f"{index} names shard {missing[0].name}, which does not exist")
+        return files
+    if (path / SAFE_SINGLE).is_file():
+        return [path / SAFE_SINGLE]
+    raise ConfigError(f"{path}: no {SAFE_SINGLE} or {SAFE_INDEX}")
+
+
+class PickleModel:
+    """`pytorch_model.bin` checkpoints, memory-mapped by `torch.load(mmap=True, weights_only=True)`."""
+
+    def __init__(self, path: Path):
+        self.label = str(path)
+        index = path / PICKLE_INDEX
+        files = (
+            sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+            if index.is_file()
+            else [path / PICKLE_SINGLE]
+        )
+        self._tensors: dict[str, Tensor] = {}
+        for file in files:
+            try:
+                self._tensors.update(torch.load(file, map_location="cpu", mmap=True, weights_only=True))
+            except Exception as exc:  # torch raises many types for corrupt archives
+                raise TensorError(f"{file}: cannot be read as a PyTorch checkpoint ({type(exc).__name__})") from None
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        t = self._tensors[name]
+        return tuple(t.shape), t.dtype
+
+    def read(self, name: str, pin_memory: bool = False) -> Tensor:
+        t = self._tensors[name].clone()
+        return t.pin_memory() if pin_memory else t
+
+    def close(self) -> None:
+        self._tensors.clear()
+
+
+class StateDictSource:
+    """Tensors already in memory, e.g. a client model in a federated round."""
+
+    def __init__(self, state: Mapping[str, Tensor], label: str = "<in-memory>"):
+        self.label = label
+        self._state = state
+
+    def names(self) -> list[str]:
+        return list(self._state)
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        t = self._state[name]
+        return tuple(t.shape), t.dtype
+
+    def read(self, name: str, pin_memory: bool = False) -> Tensor:
+        return self._state[name]
+
+    def close(self) -> None:
+        pass
+
+
+class DerivedSource:
+    """A model defined over a base: LoRA adapter (base + B·A·scale), stored task vector (θ₀ + τ).
+
+    `transform(name, base_tensor)` returns the model's tensor, or None where it equals the base.
+    """
+
+    def __init__(self, base: TensorSource, transform: Callable[[str, Tensor], Tensor | None], label: str):
+        self.label = label
+        self._base = base
+        self._transform = transform
+
+    def names(self) -> list[str]:
+        return self._base.names()
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        return self._base.meta(name)
+
+    def read(self, name: str, pin_memory: bool = False) -> Tensor:
+        base = self._base.read(name)
+        out = self._transform(name, base)
+        return base if out is None else out.to(base.dtype)
+
+    def close(self) -> None:
+        self._base.close()
+
+
+def has_model_weights(path: Path) -> bool:
+    return any((path / f).is_file() for f in (SAFE_SINGLE, SAFE_INDEX, PICKLE_SINGLE, PICKLE_INDEX))

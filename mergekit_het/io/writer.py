@@ -1,0 +1,134 @@
+"""Sharded safetensors output, written tensor by tensor into a staging folder.
+
+The shard layout (which tensor goes to which `model-0000i-of-0000n.safetensors`, split by
+`huggingface_hub.split_torch_state_dict_into_shards`) and every header are fixed before the
+first tensor is computed, since output names, shapes and dtypes are known up front. Each
+tensor is then written at its offset with `os.pwrite` as soon as it exists, in any order,
+so no shard is ever buffered in memory. The folder is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub.constants import SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
+
+from ..errors import ConfigError, TensorError
+from .format import build_header
+
+_PATTERN = SAFETENSORS_SINGLE_FILE.replace(".safetensors", "{suffix}.safetensors")
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000, '500MiB' -> 524_288_000, ints pass through (bytes)."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    s = text.strip().upper()
+    num = s.rstrip("KMGTIB")
+    unit = s[len(num):]
+    if unit not in units or not num:
+        raise ConfigError(f"size '{text}' is not understood; use e.g. 5GB, 500MB, 2GiB")
+    return int(float(num) * units[unit])
+
+
+class ShardedWriter:
+    """Write tensors of a known layout into sharded safetensors files under `folder`."""
+
+    def __init__(
+        self,
+        folder: Path,
+        entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        max_shard_size: int,
+        metadata: dict[str, str] | None = None,
+    ):
+        self.folder = folder
+        meta_tensors = {name: torch.empty(shape, dtype=dtype, device="meta") for name, dtype, shape in entries}
+        split = split_torch_state_dict_into_shards(meta_tensors, filename_pattern=_PATTERN, max_shard_size=max_shard_size)
+        by_name = {name: (dtype, shape) for name, dtype, shape in entries}
+        self._where: dict[str, tuple[int, int, int]] = {}  # name -> (fd, offset, nbytes)
+        self._fds: list[int] = []
+        self._pending = set(by_name)
+        self.bytes_written = 0
+        for filename, names in split.filename_to_tensors.items():
+            layout = [(n, *by_name[n]) for n in names]
+            header, offsets, size = build_header(layout, {"format": "pt", **(metadata or {})})
+            fd = os.open(folder / filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fds.append(fd)
+            os.ftruncate(fd, size)
+            os.pwrite(fd, header, 0)
+            for n in names:
+                dtype, shape = by_name[n]
+                nbytes = _nbytes(dtype, shape)
+                self._where[n] = (fd, offsets[n], nbytes)
+        if split.is_sharded:
+            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+            (folder / SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        self.files = list(split.filename_to_tensors)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        fd, offset, nbytes = self._where[name]
+        data = tensor.detach().contiguous()
+        if data.device.type != "cpu":
+            data = data.cpu()
+        view = memoryview(data.view(torch.uint8).reshape(-1).numpy())
+        if len(view) != nbytes:
+            raise TensorError(f"output {name}: {len(view)} bytes, layout expects {nbytes}")
+        done = 0
+        while done < nbytes:
+            done += os.pwrite(fd, view[done:], offset + done)
+        self._pending.discard(name)
+        self.bytes_written += nbytes
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        if self._pending:
+            raise TensorError(f"output incomplete: {len(self._pending)} tensor(s) never written, e.g. {sorted(self._pending)[0]}")
+
+
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    n = torch.empty((), dtype=dtype).element_size()
+    for s in shape:
+        n *= s
+    return n
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse early (before any tensor is read) to replace an existing output."""
+    if out.exists() and not overwrite:
+        raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
+
+
+@contextmanager
+def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary sibling folder that becomes `out` only if the block completes.
+
+    On error or interrupt the staging folder is removed and `out` is untouched; with
+    `overwrite` an existing `out` is swapped out and deleted only after the new one is in place.
+    """
+    check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

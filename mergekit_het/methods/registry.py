@@ -1,0 +1,157 @@
+"""Registry of merge methods: each is a pure function over tensors, registered by name.
+
+A method's signature is its parameter schema:
+
+```python
+@merge_method("ties", paper="arXiv:2306.01708", base="required")
+def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: PerModel = 1.0,
+         normalize: bool = True, lambda_: float = 1.0) -> Tensor: ...
+```
+
+- `base` is the base model's tensor (None for methods that take no base);
+- `tensors` are the other models' tensors, in config order, already on the compute device
+  and in the compute dtype (float32);
+- keyword parameters annotated `PerModel` are *tensor parameters* in mergekit's sense: one
+  value per model (the engine passes a list); every other keyword is a *global* parameter;
+- a trailing `_` is stripped from a parameter's YAML name (`lambda_` is `lambda`);
+- a parameter named `generator` receives a `torch.Generator` seeded per tensor (random methods).
+
+Presets register one implementation under several names with some keywords fixed and
+other defaults changed (mergekit's registry: ties / dare_ties / breadcrumbs are presets of
+generalized task arithmetic).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Literal
+
+from torch import Tensor
+
+from ..errors import ConfigError
+
+_PER_MODEL = "per_model"
+PerModel = Annotated[float, _PER_MODEL]
+"""Annotation of a per-model (tensor) parameter; the function receives `list[float]`."""
+
+REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # YAML name
+    kwarg: str  # Python keyword
+    default: Any  # REQUIRED if none
+    annotation: Any
+    per_model: bool
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered method: the function, its parameter schema and its fixed preset keywords."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    base: Literal["required", "optional", "none"]
+    paper: str
+    params: dict[str, Param]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    min_models: int = 1
+    max_models: int | None = None
+    doc: str = ""
+
+    @property
+    def per_model_params(self) -> dict[str, Param]:
+        return {k: p for k, p in self.params.items() if p.per_model}
+
+    @property
+    def global_params(self) -> dict[str, Param]:
+        return {k: p for k, p in self.params.items() if not p.per_model}
+
+    @property
+    def uses_generator(self) -> bool:
+        return "generator" in inspect.signature(self.fn).parameters
+
+    def __call__(self, base: Tensor | None, tensors: list[Tensor], generator=None, **params) -> Tensor:
+        """Apply to one tensor name: per-model params as lists (one per tensor), globals as scalars."""
+        kwargs = {self.params[k].kwarg: v for k, v in params.items()}
+        for kwarg, value in self.fixed.items():
+            kwargs[kwarg] = [value] * len(tensors) if kwarg in self.fixed_per_model else value
+        if self.uses_generator:
+            kwargs["generator"] = generator
+        return self.fn(base, tensors, **kwargs)
+
+    @property
+    def fixed_per_model(self) -> frozenset[str]:
+        hints = typing.get_type_hints(self.fn, include_extras=True)
+        return frozenset(k for k in self.fixed if _PER_MODEL in getattr(hints.get(k), "__metadata__", ()))
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def _schema(fn: Callable, fixed: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Param]:
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params: dict[str, Param] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in fixed or p.name == "generator":
+            continue
+        hint = hints.get(p.name)
+        per_model = _PER_MODEL in getattr(hint, "__metadata__", ())
+        name = p.name.rstrip("_")
+        default = defaults.get(name, p.default)
+        params[name] = Param(name, p.name, default, hint, per_model)
+    unknown = set(defaults) - set(params)
+    if unknown:
+        raise TypeError(f"{fn.__name__}: preset defaults for unknown parameters {sorted(unknown)}")
+    return params
+
+
+def merge_method(
+    name: str,
+    *,
+    paper: str = "",
+    base: Literal["required", "optional", "none"] = "required",
+    fixed: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    min_models: int = 1,
+    max_models: int | None = None,
+):
+    """Register `fn` under `name`; `fixed` keywords are not user-settable, `defaults` override."""
+    fixed = fixed or {}
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in METHODS:
+            raise ValueError(f"merge method '{name}' is registered twice")
+        METHODS[name] = MergeMethod(
+            name=name,
+            fn=fn,
+            base=base,
+            paper=paper,
+            params=_schema(fn, fixed, defaults or {}),
+            fixed=fixed,
+            min_models=min_models,
+            max_models=max_models,
+            doc=inspect.getdoc(fn) or "",
+        )
+        return fn
+
+    return register
+
+
+def get_method(name: str) -> MergeMethod:
+    """The method registered as `name`, or a one-line error with the closest names."""
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"merge_method '{name}' is unknown; choose one of {', '.join(sorted(METHODS))}{hint}"
+        )
+    return METHODS[name]

@@ -1,0 +1,113 @@
+"""Generalized task arithmetic: task arithmetic, TIES, DARE, Breadcrumbs and DELLA as presets.
+
+θ = θ₀ + λ · combine(sparsify(wᵢ(θᵢ − θ₀)))  with, per tensor (mergekit 0.1 `GTATask`):
+1. δᵢ = θᵢ − θ₀, sparsified with model i's density (none / magnitude / random / outliers / della);
+2. weights applied before the sign election: wδᵢ = wᵢ·δᵢ;
+3. consensus (TIES): elect a sign per entry, keep agreeing entries, divisor Σᵢ wᵢ·agreeᵢ;
+   no consensus: Σᵢ wδᵢ, divisor Σᵢ wᵢ (|divisor| < 1e-8 becomes 1);
+4. divide by the divisor if `normalize`; multiply by λ; add θ₀.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .consensus import Consensus, disjoint_mean, elect_sign
+from .registry import PerModel, merge_method
+from .sparsify import RescaleNorm, della_prune, drop_outliers, keep_top_magnitude, random_drop, rescale_kept
+
+Sparsifier = Literal["none", "magnitude", "random", "outliers", "della"]
+
+
+def _sparsify(
+    delta: Tensor,
+    how: Sparsifier,
+    density: float,
+    gamma: float,
+    epsilon: float,
+    rescale: bool,
+    rescale_norm: RescaleNorm,
+    generator: torch.Generator | None,
+) -> Tensor:
+    if how == "none" or density >= 1:
+        return delta
+    if how == "magnitude":
+        kept = keep_top_magnitude(delta, density)
+    elif how == "random":
+        kept = random_drop(delta, density, generator=generator)
+    elif how == "outliers":
+        kept = drop_outliers(delta, density, gamma)
+    else:
+        kept = della_prune(delta, density, epsilon, generator=generator)
+    return rescale_kept(delta, kept, density, rescale_norm) if rescale else kept
+
+
+def generalized_task_arithmetic(
+    base: Tensor,
+    tensors: list[Tensor],
+    *,
+    weight: PerModel,
+    density: PerModel = 1.0,
+    gamma: PerModel = 0.01,
+    epsilon: PerModel = 0.15,
+    normalize: bool = False,
+    rescale: bool = False,
+    rescale_norm: RescaleNorm = "l1",
+    lambda_: float = 1.0,
+    int8_mask: bool = False,
+    sparsify: Sparsifier = "none",
+    consensus: Consensus | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """θ₀ + λ·mix(wᵢ·sparsify(θᵢ − θ₀)); see the module docstring.
+
+    `rescale` rescales sparsified deltas (`rescale_norm` "l1" = mergekit 0.1, "density" = the
+    DARE paper's 1/density). `int8_mask` is accepted for mergekit compatibility: it only changed
+    mergekit's mask dtype, results are identical."""
+    weighted = [
+        w * _sparsify(t - base, sparsify, d, g, e, rescale, rescale_norm, generator)
+        for t, w, d, g, e in zip(tensors, weight, density, gamma, epsilon)
+    ]
+    if consensus is not None:
+        mixed = disjoint_mean(weighted, weight, elect_sign(weighted, consensus), normalize)
+    else:
+        mixed = weighted[0].clone()
+        for wd in weighted[1:]:
+            mixed += wd
+        divisor = sum(weight)
+        if normalize:
+            mixed /= divisor if abs(divisor) >= 1e-8 else 1.0
+    if lambda_ != 1:
+        mixed *= lambda_
+    return base + mixed
+
+
+_IRRELEVANT: dict[str, tuple[str, ...]] = {
+    "none": ("density", "gamma", "epsilon", "rescale_norm"),
+    "magnitude": ("gamma", "epsilon"),
+    "random": ("gamma", "epsilon"),
+    "outliers": ("epsilon",),
+    "della": ("gamma",),
+}
+
+
+def _preset(name: str, paper: str, sparsify: Sparsifier, consensus: Consensus | None, **defaults) -> None:
+    """Register generalized task arithmetic as `name`; parameters its sparsifier ignores are fixed."""
+    fn_defaults = {p.name: p.default for p in inspect.signature(generalized_task_arithmetic).parameters.values()}
+    fixed = {k: fn_defaults[k] for k in _IRRELEVANT[sparsify]}
+    fixed.update(sparsify=sparsify, consensus=consensus)
+    merge_method(name, paper=paper, fixed=fixed, defaults=defaults)(generalized_task_arithmetic)
+
+
+_preset("task_arithmetic", "arXiv:2212.04089", "none", None)
+_preset("ties", "arXiv:2306.01708", "magnitude", "sum", normalize=True)
+_preset("dare_ties", "arXiv:2311.03099", "random", "sum", rescale=True)
+_preset("dare_linear", "arXiv:2311.03099", "random", None, rescale=True)
+_preset("breadcrumbs", "arXiv:2312.06795", "outliers", None)
+_preset("breadcrumbs_ties", "arXiv:2312.06795", "outliers", "sum")
+_preset("della", "arXiv:2406.11617", "della", "sum", normalize=True, rescale=True)
+_preset("della_linear", "arXiv:2406.11617", "della", None, rescale=True)
