@@ -39,3 +39,8 @@ def test_plot_curves_accepts_values_and_xy_pairs(tmp_path):
 def test_plot_cross_task_shape_mismatch_raises(tmp_path):
     with pytest.raises(MergekitHetError, match="must be 2 x 2"):
         plots.plot_cross_task([[1.0, 2.0]], ["a", "b"], ["a", "b"], tmp_path / "x.png")
+
+
+def test_plot_disentanglement_writes_png(tmp_path):
+    out = plots.plot_disentanglement([[0.0, 0.2], [0.1, 0.5]], [0.0, 1.0], ("a", "b"), tmp_path / "d.png")
+    assert _is_png(out)
