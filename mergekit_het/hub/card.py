@@ -60,6 +60,12 @@ def read_license(ref: str | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def _shared_license(refs: list[str]) -> str | None:
+    """The license all `refs` declare, or None when one is unknown or they disagree."""
+    found = {read_license(ref) for ref in refs}
+    return found.pop() if len(found) == 1 else None
+
+
 def load_eval_results(folder: Path) -> dict | None:
     """Parsed `folder/eval_results.json`, or None when the file is absent."""
     path = Path(folder) / EVAL_FILE
@@ -168,7 +174,7 @@ def write_merge_card(
     data = ModelCardData(
         base_model=ids or None,
         library_name="transformers",
-        license=read_license(base_model or (models[0] if len(models) == 1 else None)),
+        license=_shared_license([base_model] if base_model else models),
         tags=["merge", PROJECT_TAG, method],
     )
     per_model = {
