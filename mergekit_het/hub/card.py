@@ -80,7 +80,7 @@ def load_eval_results(folder: Path) -> dict | None:
     return data
 
 
-def _task_metrics(eval_results: dict | None) -> dict[str, dict[str, float]]:
+def _task_metrics(eval_results: dict | None) -> dict[str, dict[str, int | float]]:
     """{task: {metric: value}} keeping only numeric metrics; anything malformed is skipped."""
     tasks = (eval_results or {}).get("tasks")
     if not isinstance(tasks, dict):
@@ -88,7 +88,7 @@ def _task_metrics(eval_results: dict | None) -> dict[str, dict[str, float]]:
     out = {}
     for task, metrics in tasks.items():
         if isinstance(metrics, dict):
-            nums = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            nums = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if nums:
                 out[str(task)] = nums
     return out
@@ -114,6 +114,10 @@ def _eval_entries(eval_results: dict | None) -> list[EvalResult]:
     ]
 
 
+def _cell(value: int | float | None) -> str:
+    return "–" if value is None else str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
 def _eval_section(eval_results: dict | None) -> str:
     """Markdown table of every numeric metric per task ('' when there is nothing to show)."""
     table = _task_metrics(eval_results)
@@ -122,7 +126,7 @@ def _eval_section(eval_results: dict | None) -> str:
     names = sorted({m for metrics in table.values() for m in metrics}, key=lambda m: (m not in _METRICS, m))
     head = "| task | " + " | ".join(_METRICS[m][2] if m in _METRICS else m for m in names) + " |"
     rows = [
-        f"| {task} | " + " | ".join(f"{metrics[m]:.4f}" if m in metrics else "–" for m in names) + " |"
+        f"| {task} | " + " | ".join(_cell(metrics.get(m)) for m in names) + " |"
         for task, metrics in table.items()
     ]
     return "\n".join([EVAL_MARKER, "## Evaluation", "", "Results from `mergekit-het eval`.", "", head,

@@ -27,7 +27,7 @@ parameters:
   normalize: true
 dtype: float32
 """
-RESULTS = {"tasks": {"wordnet_pos": {"accuracy": 0.875, "macro_f1": 0.8125},
+RESULTS = {"tasks": {"wordnet_pos": {"accuracy": 0.875, "macro_f1": 0.8125, "n": 400},
                      "austen_book": {"accuracy": 0.5}}, "split": "test"}
 
 
@@ -69,7 +69,8 @@ def test_write_merge_card_eval_results_become_model_index(tmp_path, base):
     assert got == [("wordnet_pos", "test", "accuracy", None, 0.875), ("wordnet_pos", "test", "f1", "macro", 0.8125),
                    ("austen_book", "test", "accuracy", None, 0.5)]
     assert card.data.model_name == "merged"
-    assert "| wordnet_pos | 0.8750 | 0.8125 |" in card.text and "| austen_book | 0.5000 | – |" in card.text
+    assert "| task | Accuracy | Macro F1 | n |" in card.text
+    assert "| wordnet_pos | 0.8750 | 0.8125 | 400 |" in card.text and "| austen_book | 0.5000 | – | – |" in card.text
 
 
 def test_write_merge_card_reads_eval_results_json_of_out_dir(tmp_path, base):
