@@ -80,6 +80,10 @@ def test_push_folder_create_pr_commits_to_pr_ref_only(hub, model_dir):
     assert repo.refs["refs/pr/1"][-1].changed == ["extra.json"]
     assert "extra.json" not in repo.refs["main"][-1].files
 
+    (model_dir / "extra.json").write_text('{"more": 1}')  # continue the same PR, as docs/hub.md says
+    _push(hub, model_dir, "alice/m", revision="refs/pr/1")
+    assert len(repo.prs) == 1 and repo.refs["refs/pr/1"][-1].files["extra.json"] == b'{"more": 1}'
+
 
 def test_push_folder_create_pr_with_revision_one_line_error(hub, model_dir):
     with pytest.raises(MergekitHetError) as excinfo:
