@@ -9,13 +9,15 @@ from .registry import PerModel, merge_method
 
 @merge_method("linear", paper="arXiv:2203.05482", base="none")
 def linear(base: None, tensors: list[Tensor], *, weight: PerModel, normalize: bool = True) -> Tensor:
-    """Σᵢ wᵢθᵢ, divided by Σᵢ wᵢ if `normalize` (mergekit 0.1: no guard against Σw = 0).
+    """Σᵢ wᵢθᵢ, divided by Σᵢ wᵢ if `normalize` (as mergekit 0.1, Σw = 0 is not guarded).
 
-    FedAvg is this method with wᵢ = client i's example count.
+    The weights are normalized before the sum (Σᵢ (wᵢ/Σw)·θᵢ), so a single model, or
+    weights scaled by any c > 0, give exactly the same tensor; equal to mergekit's
+    (Σᵢ wᵢθᵢ)/Σw up to float rounding. FedAvg is this method with wᵢ = client example counts.
     """
-    out = tensors[0] * weight[0]
-    for t, w in zip(tensors[1:], weight[1:]):
-        out.add_(t, alpha=w)
-    if normalize:
-        out /= sum(weight)
+    total = sum(weight) if normalize else 1.0
+    coeffs = [w / total for w in weight]
+    out = tensors[0] * coeffs[0]
+    for t, c in zip(tensors[1:], coeffs[1:]):
+        out.add_(t, alpha=c)
     return out

@@ -80,13 +80,27 @@ class MergeMethod:
         return "generator" in inspect.signature(self.fn).parameters
 
     def __call__(self, base: Tensor | None, tensors: list[Tensor], generator=None, **params) -> Tensor:
-        """Apply to one tensor name: per-model params as lists (one per tensor), globals as scalars."""
-        kwargs = {self.params[k].kwarg: v for k, v in params.items()}
+        """Apply to one tensor name: per-model params as lists (one per tensor), globals as scalars.
+
+        Parameters are keyed by YAML name (`lambda`) or Python keyword (`lambda_`)."""
+        kwargs = {self.params[k].kwarg if k in self.params else k: v for k, v in params.items()}
         for kwarg, value in self.fixed.items():
             kwargs[kwarg] = [value] * len(tensors) if kwarg in self.fixed_per_model else value
         if self.uses_generator:
             kwargs["generator"] = generator
         return self.fn(base, tensors, **kwargs)
+
+    def apply(self, base: Tensor | None, tensors: list[Tensor], generator=None, **params) -> Tensor:
+        """Like calling the method, with defaults filled in and scalar per-model values broadcast."""
+        full = {k: p.default for k, p in self.params.items() if not p.required}
+        full.update({self._yaml_name(k): v for k, v in params.items()})
+        for k, p in self.per_model_params.items():
+            if k in full and not isinstance(full[k], (list, tuple)):
+                full[k] = [full[k]] * len(tensors)
+        return self(base, tensors, generator=generator, **full)
+
+    def _yaml_name(self, key: str) -> str:
+        return key.rstrip("_") if key.rstrip("_") in self.params else key
 
     @property
     def fixed_per_model(self) -> frozenset[str]:

@@ -1,0 +1,104 @@
+"""mergekit YAML schema and per-tensor parameter resolution (ALGORITHMS.md §1.0, §9 items 21-22)."""
+
+import pytest
+
+from mergekit_het.config import ParameterResolver, evaluate, layer_position, load_merge_config
+from mergekit_het.errors import ConfigError
+from mergekit_het.methods import get_method
+
+
+def cfg(**kw):
+    base = {"merge_method": "ties", "base_model": "b", "models": [{"model": "a", "parameters": {"weight": 1.0}}]}
+    base.update(kw)
+    return base
+
+
+def test_gradient_over_five_layers_interpolates():
+    values = [evaluate([0, 1], f"model.layers.{i}.mlp.weight", layer_position(f"model.layers.{i}.mlp.weight", 5)) for i in range(5)]
+    assert values == [0, 0.25, 0.5, 0.75, 1]
+    values = [evaluate([0, 1, 0], f"model.layers.{i}.x", layer_position(f"model.layers.{i}.x", 5)) for i in range(5)]
+    assert values == [0, 0.5, 1, 0.5, 0]
+
+
+def test_gradient_non_layer_tensor_takes_first_value():
+    assert layer_position("model.embed_tokens.weight", 5) == 0.0
+    assert evaluate([0.2, 0.9], "lm_head.weight", 0.0) == 0.2
+
+
+def test_gradient_of_bools_indexes_without_interpolation():
+    assert evaluate([False, True], "x", 0.6) is False and evaluate([False, True], "x", 1.0) is True
+
+
+def test_filter_substring_first_match_wins():
+    spec = [{"filter": "self_attn", "value": 0.3}, {"value": 0.7}]
+    assert evaluate(spec, "model.layers.0.self_attn.q_proj.weight", 0) == 0.3
+    assert evaluate(spec, "model.layers.0.mlp.up_proj.weight", 0) == 0.7
+    assert evaluate([{"filter": "*", "value": 1}], "anything", 0) == 1
+
+
+def test_resolver_model_param_overrides_global_then_default():
+    method = get_method("ties")
+    r = ParameterResolver(method, {"density": 0.5, "lambda": 2.0}, [{"weight": 1.0, "density": 0.2}, {"weight": 3.0}], 2)
+    p = r.for_tensor("encoder.layer.1.x")
+    assert p == {"weight": [1.0, 3.0], "density": [0.2, 0.5], "normalize": True, "lambda": 2.0, "int8_mask": False,
+                 "rescale": False, "rescale_norm": "l1"}
+
+
+def test_config_valid_loads():
+    c = load_merge_config(cfg(parameters={"lambda": 1.5, "density": [0.2, 0.8]}, dtype="bfloat16"))
+    assert c.method.name == "ties" and [m.model for m in c.inputs()] == ["a"]
+
+
+def test_config_base_listed_in_models_is_skipped_for_task_vector_methods():
+    c = load_merge_config(cfg(models=[{"model": "b"}, {"model": "a", "parameters": {"weight": 1}}]))
+    assert [m.model for m in c.inputs()] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"merge_method": "tie"}, "did you mean 'ties'"),
+        ({"mystery": 1}, "unknown key(s) 'mystery'"),
+        ({"parameters": {"densty": 0.5}}, "'densty' is not a parameter of ties"),
+        ({"models": [{"model": "a"}]}, "'weight' is required for every model; missing for a"),
+        ({"models": [{"model": "a", "parameters": {"weight": 1, "normalize": False}}]}, "'normalize' is a global parameter"),
+        ({"base_model": None}, "needs base_model"),
+        ({"dtype": "bf17"}, "dtype 'bf17' is unknown"),
+        ({"parameters": {"normalize": "yes"}}, "expected true/false"),
+        ({"tokenizer_source": "union"}, "'union' is not supported"),
+        ({"models": [{"model": "a", "parameters": {"weight": 1}, "extra": 2}]}, "Extra inputs are not permitted"),
+    ],
+)
+def test_config_bad_input_one_line_error(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_merge_config(cfg(**overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_config_reports_all_problems_at_once():
+    with pytest.raises(ConfigError) as err:
+        load_merge_config(cfg(dtype="x", parameters={"foo": 1}))
+    assert "dtype 'x'" in str(err.value) and "'foo'" in str(err.value)
+
+
+def test_config_invalid_yaml_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yml"
+    p.write_text("merge_method: ties\nmodels: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yml: invalid YAML at line \d+"):
+        load_merge_config(p)
+
+
+def test_config_full_range_slice_is_models():
+    c = load_merge_config({
+        "merge_method": "slerp", "base_model": "a", "parameters": {"t": 0.5},
+        "slices": [{"sources": [{"model": "a", "layer_range": [0, 4]}, {"model": "b", "layer_range": [0, 4]}]}],
+    })  # fmt: skip
+    assert [m.model for m in c.inputs()] == ["b"]
+
+
+def test_config_layer_stacking_slices_refused():
+    with pytest.raises(ConfigError, match="layer stacking"):
+        load_merge_config({
+            "merge_method": "slerp", "base_model": "a", "parameters": {"t": 0.5},
+            "slices": [{"sources": [{"model": "a", "layer_range": [0, 2]}]}, {"sources": [{"model": "b", "layer_range": [2, 4]}]}],
+        })  # fmt: skip
