@@ -66,18 +66,21 @@ def _shared_license(refs: list[str]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def load_eval_results(folder: Path) -> dict | None:
-    """Parsed `folder/eval_results.json`, or None when the file is absent."""
-    path = Path(folder) / EVAL_FILE
-    if not path.is_file():
-        return None
+def read_json_object(path: Path) -> dict:
+    """The JSON object in `path`; a one-line error when it is not valid JSON or not an object."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise MergekitHetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(data, dict):
-        raise MergekitHetError(f"{path}: expected a JSON object with a 'tasks' key, got {type(data).__name__}")
+        raise MergekitHetError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def load_eval_results(folder: Path) -> dict | None:
+    """Parsed `folder/eval_results.json`, or None when the file is absent."""
+    path = Path(folder) / EVAL_FILE
+    return read_json_object(path) if path.is_file() else None
 
 
 def _task_metrics(eval_results: dict | None) -> dict[str, dict[str, int | float]]:

@@ -11,7 +11,6 @@ it is never printed. The endpoint comes from `endpoint`, else `HF_ENDPOINT`, rea
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from ..errors import MergekitHetError
-from .card import CARD_FILE, EXPERT_FILE, load_eval_results, refresh_eval_results, write_expert_card
+from .card import CARD_FILE, EXPERT_FILE, load_eval_results, read_json_object, refresh_eval_results, write_expert_card
 
 RESUME_HINT = "re-run the same command to resume: files already on the Hub are skipped, nothing is committed twice"
 
@@ -54,12 +53,9 @@ def prepare_card(folder: Path, *, write: bool) -> str | None:
     if not card.is_file():
         if not expert.is_file():
             return None
-        try:
-            expert_json = json.loads(expert.read_text())
-        except json.JSONDecodeError as exc:
-            raise MergekitHetError(f"{expert}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        expert_json = read_json_object(expert)
         if write:
-            write_expert_card(folder, expert_json if isinstance(expert_json, dict) else {})
+            write_expert_card(folder, expert_json)
         return f"{CARD_FILE}: generated from {EXPERT_FILE}"
     results = load_eval_results(folder)
     if results is not None and refresh_eval_results(folder, results, write=write):

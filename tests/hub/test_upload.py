@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub._upload_pipeline import COMMIT_SIZE_SCALE, INITIAL_COMMIT_SIZE_INDEX
 
-from conftest import ALICE, BOB, make_model
+from hub_fixtures import ALICE, BOB, make_model
 from mergekit_het.cli import main
 from mergekit_het.errors import MergekitHetError
 from mergekit_het.hub.card import write_merge_card
