@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..methods import get_method
 from ..modeling import load_tokenizer
 from ..tasks import load_task_file
 from .config import CompareConfig, MethodSpec
@@ -97,14 +98,16 @@ def _run_method(bench: _Bench, spec: MethodSpec, base: StateDict, experts: list[
     cfg = bench.cfg
     tasks = list(expert_select)
     result = None
-    params = dict(spec.parameters)
+    # equal expert weights unless configured (task arithmetic sums τ_t; TIES weighs all alike)
+    params = {"weight": 1.0} if "weight" in get_method(spec.method).params else {}
+    params.update(spec.parameters)
     if spec.grid:
         def score(state):
             acc = {t: s.accuracy for t, s in bench.scores(state, cfg.select_split).items()}
             return normalized_accuracy([acc[t] for t in tasks], [expert_select[t] for t in tasks]), acc
 
         result = sweep(spec.method, experts, base, spec.grid, score,
-                       parameters=spec.parameters, device=bench.device)
+                       parameters=params, device=bench.device)
         params.update(result.best.params)
     merged = merge_in_memory(spec.method, experts, base, params, device=bench.device)
     scores = bench.scores(merged, cfg.report_split)

@@ -80,6 +80,24 @@ def _check_labels(task: TaskSpec, have: int, where: str) -> None:
         raise ConfigError(f"task '{task.name}' has {want} labels but {where} has a {have}-label head")
 
 
+def _head_source(task: TaskSpec, src: str) -> tuple[str, RidgeHead | int]:
+    """Where `task`'s head is: (folder, frozen head), or (folder, label count) of a seq-cls
+    folder; label counts are checked here, before any encoder weight is read."""
+    head_file = Path(src) / HEAD_FILE
+    if head_file.is_file():
+        head = RidgeHead.load(head_file)
+        _check_labels(task, head.num_classes, str(head_file))
+        return src, head
+    have = model_head_labels(src)
+    if have is None:
+        raise ConfigError(
+            f"no head for task '{task.name}': {src} has no {HEAD_FILE} and no "
+            f"sequence-classification head; give the task's expert folder as its head"
+        )
+    _check_labels(task, have, f"model folder {src}")
+    return src, have
+
+
 def load_model(
     model: str | os.PathLike,
     tasks: Sequence[TaskSpec],
@@ -96,39 +114,29 @@ def load_model(
     unknown = set(heads) - {t.name for t in tasks}
     if unknown:
         raise ConfigError(f"heads given for unknown task(s) {sorted(unknown)}")
+    sources = {t.name: _head_source(t, str(resolve_model(heads.get(t.name, model)))) for t in tasks}
     encoder = read_encoder(model, dtype)
-    model = str(model)
     modules: dict[str, nn.Module] = {}
     classifiers: dict[str, nn.Module] = {}  # head folder -> classifier holding a copy of the encoder
-    for task in tasks:
-        src = str(resolve_model(heads.get(task.name, model)))
-        head_file = Path(src) / HEAD_FILE
-        if head_file.is_file():
-            head = RidgeHead.load(head_file)
-            _check_labels(task, head.num_classes, str(head_file))
-            modules[task.name] = EncoderWithFrozenHead(
-                encoder, head, float(head.metadata.get("temperature", 1.0))
-            )
-        elif (have := model_head_labels(src)) is not None:
-            _check_labels(task, have, f"model folder {src}")
-            if src not in classifiers:
-                classifiers[src] = load_classifier(src, have, dtype)
-                classifiers[src].base_model.load_state_dict(encoder.state_dict(), strict=True)
-            modules[task.name] = classifiers[src]
-        else:
-            raise ConfigError(
-                f"no head for task '{task.name}': {src} has no {HEAD_FILE} and no "
-                f"sequence-classification head; give the task's expert folder as its head"
-            )
+    for task, (src, head) in sources.items():
+        if isinstance(head, RidgeHead):
+            modules[task] = EncoderWithFrozenHead(encoder, head, float(head.metadata.get("temperature", 1.0)))
+            continue
+        if src not in classifiers:
+            classifiers[src] = load_classifier(src, head, dtype)
+            classifiers[src].base_model.load_state_dict(encoder.state_dict(), strict=True)
+        modules[task] = classifiers[src]
     shared = [encoder] if any(isinstance(m, EncoderWithFrozenHead) for m in modules.values()) else []
-    return MultiTaskModel(model, modules, shared + [c.base_model for c in classifiers.values()])
+    return MultiTaskModel(str(model), modules, shared + [c.base_model for c in classifiers.values()])
 
 
 def read_encoder(model: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
     """The folder's backbone (`modeling.load_encoder`); a one-line error if it cannot be read."""
+    from safetensors import SafetensorError
+
     try:
         return load_encoder(model, dtype)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ConfigError(f"cannot load model folder {model}: {str(exc).splitlines()[0]}") from None
 
 
