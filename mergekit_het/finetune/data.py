@@ -42,8 +42,9 @@ def load_task_data(cfg: FinetuneConfig, splits: tuple[str, ...] = ("train", "val
     return TaskData(task, num_labels_of(task), out)
 
 
-def tokenize(ds, tokenizer, max_length: int, causal_lm: bool = False):
-    """Batched tokenization; classification keeps `labels`, causal LM trains on the text itself."""
+def tokenize(ds, tokenizer, max_length: int, causal_lm: bool = False) -> list[dict]:
+    """Batched tokenization into a list of rows (fast to index); classification keeps `labels`,
+    causal LM trains on the text itself."""
 
     def fn(rows):
         enc = tokenizer(rows["text"], truncation=True, max_length=max_length)
@@ -51,7 +52,7 @@ def tokenize(ds, tokenizer, max_length: int, causal_lm: bool = False):
             enc["labels"] = rows["label"]
         return enc
 
-    return ds.map(fn, batched=True, remove_columns=ds.column_names, desc="tokenize")
+    return ds.map(fn, batched=True, remove_columns=ds.column_names, desc="tokenize").to_list()
 
 
 def collate(rows: list[dict], tokenizer, causal_lm: bool = False) -> dict[str, torch.Tensor]:
@@ -75,7 +76,7 @@ def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
 
 
 def train_batches(
-    ds, tokenizer, *, batch_size: int, seed: int, rank: int, world: int, start_step: int = 0, causal_lm: bool = False
+    ds: list[dict], tokenizer, *, batch_size: int, seed: int, rank: int, world: int, start_step: int = 0, causal_lm: bool = False
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless stream of this process's batches, starting at global step `start_step`."""
     per_epoch = steps_per_epoch(len(ds), batch_size, world)
@@ -89,7 +90,7 @@ def train_batches(
         step = (epoch + 1) * per_epoch
 
 
-def eval_batches(ds, tokenizer, *, batch_size: int, rank: int = 0, world: int = 1, causal_lm: bool = False):
+def eval_batches(ds: list[dict], tokenizer, *, batch_size: int, rank: int = 0, world: int = 1, causal_lm: bool = False):
     """This process's share (`[rank::world]`) of an evaluation split, in order, unshuffled."""
     idx = list(range(rank, len(ds), world))
     for i in range(0, len(idx), batch_size):

@@ -72,9 +72,12 @@ def base_names(base: str | Path) -> list[str]:
     return names
 
 
-def align_to_base(state: Mapping[str, torch.Tensor], base: str | Path, prefix: str) -> dict[str, torch.Tensor]:
-    """Rename `state` to the base checkpoint's names (adding or stripping `prefix.`) and fill in
-    base tensors the model does not produce. Unchanged if the base is not local safetensors."""
+def align_to_base(
+    state: Mapping[str, torch.Tensor], base: str | Path, prefix: str, fill: bool = True
+) -> dict[str, torch.Tensor]:
+    """Rename `state` to the base checkpoint's names (adding or stripping `prefix.`) and, with
+    `fill`, add base tensors the model does not produce. Unchanged if the base is not local
+    safetensors."""
     names = set(base_names(base)) if Path(base).is_dir() else set()
     if not names:
         return dict(state)
@@ -86,7 +89,7 @@ def align_to_base(state: Mapping[str, torch.Tensor], base: str | Path, prefix: s
                 break
         else:
             out[name] = t
-    missing = names - set(out)
+    missing = names - set(out) if fill else set()
     if missing:
         for name, t in base_tensors(base):
             if name in missing:
@@ -101,15 +104,15 @@ def save_state_dict(state: Mapping[str, torch.Tensor], folder: Path) -> None:
     save_torch_state_dict({k: v.detach().cpu().contiguous() for k, v in state.items()}, folder)
 
 
-def task_vector(state: Mapping[str, torch.Tensor], base: str | Path) -> dict[str, torch.Tensor]:
-    """τ = θ − θ0 (float32) for every tensor of `state` that the base has under the same name."""
+def save_task_vector(state: Mapping[str, torch.Tensor], base: str | Path, path: Path) -> None:
+    """Write τ = θ − θ0 (float32) for every tensor of `state` the base has under the same name."""
     if not _base_files(base):
         raise ConfigError(f"save_task_vector needs a local safetensors base checkpoint; {base} has none")
     out = {}
     for name, t0 in base_tensors(base):
         if name in state and state[name].shape == t0.shape and t0.is_floating_point():
             out[name] = state[name].detach().float().cpu() - t0.float()
-    return out
+    save_file(out, str(path))
 
 
 def save_masks(masks: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

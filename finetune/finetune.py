@@ -1,0 +1,21 @@
+"""Fine-tune one expert for merging: dense, undertrained, TaLoS (sparse) or LoRA.
+
+Thin recipe over `mergekit_het.finetune` (setup, explicit loop, save). Launch with any of:
+
+    python finetune/finetune.py finetune/configs/minilm_frozen_head_dense.yaml
+    python finetune/finetune.py finetune/configs/minilm_frozen_head_talos.yaml data.task=wordnet_pos \\
+        output.dir=experts/wordnet_pos_talos train.max_steps=200
+    accelerate launch --cpu --num_processes 2 finetune/finetune.py CONFIG [key.sub=value ...]
+    accelerate launch --num_processes 4 finetune/finetune.py CONFIG        # 4 GPUs
+    mergekit-het finetune CONFIG [--overwrite] [--resume] [key.sub=value ...]
+
+Flags `--overwrite` and `--resume` are accepted here too. Exit status 2 with a one-line message
+on bad input (checked before training starts).
+"""
+
+import sys
+
+from mergekit_het.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["finetune", *sys.argv[1:]]))
