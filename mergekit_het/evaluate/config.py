@@ -108,7 +108,11 @@ def load_compare_config(path: str | Path, overrides: list[str] | None = None) ->
         )
         raise ConfigError(f"{path}: {problems}") from None
     here = path.parent
-    rel = lambda p: str(p) if Path(p).is_absolute() else str((here / p).resolve())  # noqa: E731
+
+    def rel(p: str | Path) -> str:  # relative to the config file; else kept (a Hub id)
+        candidate = here / p
+        return str(candidate.resolve()) if not Path(p).is_absolute() and candidate.exists() else str(p)
+
     cfg = cfg.model_copy(update={
         "tasks": Path(rel(cfg.tasks)),
         "base": rel(cfg.base),
@@ -121,6 +125,7 @@ def load_compare_config(path: str | Path, overrides: list[str] | None = None) ->
 def check_compare_config(cfg: CompareConfig, where: str) -> None:
     """Cross-field checks: splits known, methods registered, every task has an expert, names unique."""
     from ..methods import get_method
+    from ..modeling import resolve_model
     from ..tasks import load_task_file
 
     problems = []
@@ -137,6 +142,11 @@ def check_compare_config(cfg: CompareConfig, where: str) -> None:
     extra = sorted(set(cfg.experts) - set(tasks))
     if extra:
         problems.append(f"experts: {extra} are not tasks of the comparison {tasks}")
+    for what, folder in [("base", cfg.base), *((f"experts.{t}", p) for t, p in cfg.experts.items())]:
+        try:
+            resolve_model(folder)
+        except ConfigError as exc:
+            problems.append(f"{what}: {exc}")
     names = [m.name for m in cfg.methods]
     if len(set(names)) != len(names):
         problems.append(f"methods: names must be unique, got {names}")

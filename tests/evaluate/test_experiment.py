@@ -82,13 +82,13 @@ def test_disentanglement_alpha1_zero_is_disagreement_of_base_and_tau1_on_task2(t
 
 
 def test_compare_config_reports_all_problems_at_once(tmp_path, task_file, base, experts):
-    path = _config(tmp_path, task_file, base, {"pair": experts["pair"]},
+    path = _config(tmp_path, task_file, base, {"pair": experts["pair"], "triple": tmp_path / "missing"},
                    methods=[{"name": "x", "method": "tie"}], select_split="dev")
     with pytest.raises(ConfigError) as exc:
         load_compare_config(path)
     msg = str(exc.value)
     assert "\n" not in msg
-    assert "select_split 'dev'" in msg and "no expert for task(s) ['triple']" in msg
+    assert "select_split 'dev'" in msg and "experts.triple: model " in msg and "does not exist" in msg
     assert "did you mean 'ties'" in msg
 
 
