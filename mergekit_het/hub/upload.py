@@ -130,16 +130,15 @@ def push_folder(
             "drop one of them (to resume an interrupted PR upload, pass --revision refs/pr/N alone)"
         )
     target = "new pull request" if create_pr else f"branch {revision or 'main'}"
-    card_note = prepare_card(folder, write=not dry_run)
     if dry_run:
-        return _listing(folder, repo_id, target, upload_files(folder), card_note)
-    if card_note:
-        print(card_note)
+        return _listing(folder, repo_id, target, upload_files(folder), prepare_card(folder, write=False))
     token = token or get_token()
     if not token:
         raise MergekitHetError(
             f"no Hugging Face token found to push to {repo_id}: set HF_TOKEN or run `hf auth login`"
         )
+    if card_note := prepare_card(folder, write=True):
+        print(card_note)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     api = HfApi(endpoint=endpoint, token=token)
     with _hub_errors(repo_id, endpoint, None):
@@ -147,7 +146,9 @@ def push_folder(
     if "/" not in repo_id:
         repo_id = f"{user}/{repo_id}"
     with _hub_errors(repo_id, endpoint, user):
-        if not api.repo_exists(repo_id):  # asked first: create_repo(exist_ok) may fail on a 403 for existing repos
+        # Asked first: on a 403 for an existing repo, create_repo(exist_ok=True) builds a RepoUrl that
+        # only parses for the default endpoint, which breaks HF_ENDPOINT / endpoint= setups.
+        if not api.repo_exists(repo_id):
             api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and not revision.startswith("refs/"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
