@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -64,9 +64,13 @@ class MergeSummary:
     def __str__(self) -> str:
         where = f" -> {self.out}" if self.out else ""
         return (
-            f"merged {self.tensors} tensors: read {self.bytes_read / 1e9:.3f} GB, "
-            f"wrote {self.bytes_written / 1e9:.3f} GB in {self.seconds:.2f} s{where}"
+            f"merged {self.tensors} tensors: read {_size(self.bytes_read)}, "
+            f"wrote {_size(self.bytes_written)} in {self.seconds:.2f} s{where}"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 @dataclass
@@ -214,8 +218,17 @@ def _merge_one(plan: MergePlan, name: str, raw: list[Tensor], device: torch.devi
 # ---- entry points ---------------------------------------------------------------------
 
 
-def run_merge(cfg: MergeConfig, out: str | Path | None, options: MergeOptions | None = None, config_text: str | None = None) -> MergeSummary:
-    """Merge as `cfg` says into the folder `out` (atomically), or in memory if `out` is None."""
+def run_merge(
+    cfg: MergeConfig,
+    out: str | Path | None,
+    options: MergeOptions | None = None,
+    config_text: str | None = None,
+    finalize: Callable[[Path], None] | None = None,
+) -> MergeSummary:
+    """Merge as `cfg` says into the folder `out` (atomically), or in memory if `out` is None.
+
+    `finalize(staging_folder)` may add files (a model card) before the folder is moved into place.
+    """
     options = options or MergeOptions()
     refs = [m.model for m in cfg.inputs()] + ([cfg.base_model] if cfg.base_model else [])
     for ref in refs:
@@ -248,6 +261,7 @@ def run_merge(cfg: MergeConfig, out: str | Path | None, options: MergeOptions | 
             writer = ShardedWriter(staging, entries, max_shard, metadata={"merged_by": "mergekit-het"})
             try:
                 summary = execute(plan, writer.write, options)
+                writer.finish()
             finally:
                 writer.close()
             summary.bytes_written = writer.bytes_written
@@ -256,6 +270,8 @@ def run_merge(cfg: MergeConfig, out: str | Path | None, options: MergeOptions | 
                 side_from = cfg.tokenizer_source
             copy_side_files(side_from, staging, plan.out_dtypes, copy_tokenizer=options.copy_tokenizer)
             (staging / "mergekit_config.yml").write_text(config_text or json.dumps(cfg.model_dump(exclude_none=True), indent=2))
+            if finalize is not None:
+                finalize(staging)
         summary.out = out
         return summary
     finally:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
+
 from ..config import load_merge_config
 from ..engine import MergeOptions, run_merge
+from ..hub.card import write_merge_card
+from ..hub.upload import push_folder
+from .push import add_hub_options, hub_options
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -25,6 +30,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of random methods (DARE, DELLA); per tensor")
     p.add_argument("--no-copy-tokenizer", action="store_true", help="copy only config files, not the tokenizer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload OUT to this Hub model repository after merging")
+    add_hub_options(p)
     return p
 
 
@@ -35,6 +42,14 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, allow_pickle=args.allow_pickle, nan_policy=args.nan_policy, seed=args.seed,
         copy_tokenizer=not args.no_copy_tokenizer, progress=not args.quiet,
     )  # fmt: skip
-    summary = run_merge(cfg, args.out, options, config_text=args.config.read_text())
+    text = args.config.read_text()
+
+    def write_card(folder: Path) -> None:
+        models = [m.model for m in cfg.models]
+        write_merge_card(folder, text, yaml.safe_load(text), cfg.base_model, models, cfg.merge_method)
+
+    summary = run_merge(cfg, args.out, options, config_text=text, finalize=write_card)
     print(summary)
+    if args.push_to_hub:
+        print(push_folder(args.out, args.push_to_hub, **hub_options(args)))
     return 0

@@ -29,8 +29,20 @@ def is_lora_adapter(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
 
 
+def read_adapter_config(adapter: Path) -> dict:
+    """The adapter's config, refusing what cannot be materialized as B·A (checked before the base is opened)."""
+    cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ConfigError(f"{adapter}: peft_type {cfg.get('peft_type')} is not LoRA")
+    if cfg.get("use_dora"):
+        raise ConfigError(f"{adapter}: DoRA adapters are not supported (magnitude vectors cannot be merged as B·A)")
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"{adapter}: no adapter_model.safetensors")
+    return cfg
+
+
 def adapter_base_model(path: Path) -> str | None:
-    return json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    return read_adapter_config(path).get("base_model_name_or_path")
 
 
 def _pattern_value(patterns: dict[str, float], module: str, default: float) -> float:
@@ -42,14 +54,8 @@ def _pattern_value(patterns: dict[str, float], module: str, default: float) -> f
 
 def lora_source(adapter: Path, base: TensorSource) -> DerivedSource:
     """The model `base` + adapter, reading adapter tensors (small) once up front."""
-    cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise ConfigError(f"{adapter}: peft_type {cfg.get('peft_type')} is not LoRA")
-    if cfg.get("use_dora"):
-        raise ConfigError(f"{adapter}: DoRA adapters are not supported (magnitude vectors cannot be merged as B·A)")
+    cfg = read_adapter_config(adapter)
     weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ConfigError(f"{adapter}: no adapter_model.safetensors")
     metas, _ = read_header(weights)
     fd = os.open(weights, os.O_RDONLY)
     try:

@@ -92,6 +92,9 @@ class ShardedWriter:
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
+
+    def finish(self) -> None:
+        """Check that every tensor of the layout was written."""
         if self._pending:
             raise TensorError(f"output incomplete: {len(self._pending)} tensor(s) never written, e.g. {sorted(self._pending)[0]}")
 

@@ -36,15 +36,19 @@ def keep_top_magnitude(delta: Tensor, density: float) -> Tensor:
     return delta * keep.view_as(delta)
 
 
+_RADIX_MIN = 1 << 20
+
+
 def _kth_largest(values: Tensor, k: int) -> Tensor:
     """The k-th largest entry of a flat non-negative tensor, exactly, without sorting.
 
     float32: two-pass radix select on the IEEE bit pattern (for non-negative floats the
     integer order of the bits is the numeric order): a histogram of the upper 16 bits finds
     the bucket holding the k-th largest, a histogram of the lower 16 bits inside it the value.
-    Other dtypes fall back to `kthvalue`.
+    Other dtypes, and small tensors (where the 2^16-bin histograms cost more than they save),
+    use `kthvalue`.
     """
-    if values.dtype != torch.float32:
+    if values.dtype != torch.float32 or values.numel() < _RADIX_MIN:
         return values.kthvalue(values.numel() - k + 1).values
     bits = values.view(torch.int32)
     high = bits >> 16

@@ -103,3 +103,15 @@ def test_ties_matches_stacked_reference_implementation():
     div = (w[:, None] * mask).sum(0)
     div[div == 0] = 1
     torch.testing.assert_close(out, b + 0.7 * mixed / div, rtol=0, atol=1e-6)
+
+
+def test_keep_top_magnitude_radix_path_matches_sort_on_large_tensor():
+    g = torch.Generator().manual_seed(5)
+    x = torch.round(torch.randn(1_200_000, generator=g) * 1000) / 1000  # many exact ties
+    for density in (0.2, 0.5):
+        k = int(density * x.numel())
+        kept = keep_top_magnitude(x, density)
+        assert int((kept != 0).sum()) == k
+        threshold = x.abs().sort(descending=True).values[k - 1]
+        assert bool((kept[kept != 0].abs() >= threshold).all())
+        assert int((x.abs() > threshold).sum()) <= int((kept.abs() > threshold).sum())
