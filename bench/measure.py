@@ -1,0 +1,147 @@
+"""Measure one command as its own child process: wall and CPU time, peak RSS of its tree, GPU memory.
+
+Peak RSS is taken two ways and the larger is reported:
+  * `ru_maxrss` from `os.wait4` on the child: the kernel's high-water mark of the largest single
+    process among the child and the descendants it reaped (exact, no sampling; what
+    `/usr/bin/time -v` prints as "Maximum resident set size");
+  * the sum of RSS over the live process tree, sampled every `interval` s with psutil (catches
+    several processes resident at once, e.g. worker pools; may miss short spikes).
+Neither includes the benchmark's own process. Both count file-backed pages the child mapped and
+touched (memory-mapped safetensors), exactly as the kernel charges them to the process.
+
+GPU memory (when pynvml is importable and a GPU is visible): the peak of the device's used memory
+while the command ran minus what was used before it started (the device must be otherwise idle).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - psutil is on every machine we run on, but stay usable
+    psutil = None
+
+
+@dataclass
+class Measurement:
+    """One run of one command."""
+
+    returncode: int
+    wall_s: float
+    cpu_s: float  # user + system CPU time of the child and its reaped descendants
+    maxrss_bytes: int  # ru_maxrss of the child (largest process of its tree)
+    tree_rss_bytes: int  # sampled peak of the summed RSS of the live tree (0 without psutil)
+    gpu_peak_bytes: int | None  # None when not measured
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        return max(self.maxrss_bytes, self.tree_rss_bytes)
+
+
+class _TreeSampler(threading.Thread):
+    """Polls the summed RSS of a process and its descendants, and the GPU's used memory."""
+
+    def __init__(self, pid: int, interval: float, gpu: "_Gpu | None") -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.gpu = pid, interval, gpu
+        self.peak_rss = 0
+        self.peak_gpu = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        root = psutil.Process(self.pid) if psutil else None
+        while not self.stop.is_set():
+            if root is not None:
+                try:
+                    procs = [root, *root.children(recursive=True)]
+                    total = 0
+                    for p in procs:
+                        try:
+                            total += p.memory_info().rss
+                        except psutil.Error:
+                            pass
+                    self.peak_rss = max(self.peak_rss, total)
+                except psutil.Error:
+                    pass
+            if self.gpu is not None:
+                self.peak_gpu = max(self.peak_gpu, self.gpu.used())
+            self.stop.wait(self.interval)
+
+
+class _Gpu:
+    """Used memory of GPU 0 through NVML."""
+
+    def __init__(self) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+
+    def used(self) -> int:
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+
+def open_gpu() -> _Gpu | None:
+    """An NVML handle on GPU 0, or None where there is no GPU or no pynvml."""
+    try:
+        return _Gpu()
+    except Exception:  # noqa: BLE001 - no driver, no GPU, no pynvml: all mean "not measured"
+        return None
+
+
+def run_measured(cmd: list[str], log: Path, *, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, gpu: _Gpu | None = None, interval: float = 0.05) -> Measurement:
+    """Run `cmd` (stdout+stderr to `log`) in a fresh child and measure it."""
+    gpu_before = gpu.used() if gpu is not None else 0
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        sampler = _TreeSampler(proc.pid, interval, gpu)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        sampler.stop.set()
+        sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
+    return Measurement(
+        returncode=proc.returncode,
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        maxrss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+        tree_rss_bytes=sampler.peak_rss,
+        gpu_peak_bytes=max(0, sampler.peak_gpu - gpu_before) if gpu is not None else None,
+    )
+
+
+def read_files(paths: list[Path], chunk: int = 64 << 20) -> tuple[int, float]:
+    """Read every file once (warms the page cache); returns (bytes, seconds)."""
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    total = 0
+    start = time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                total += n
+    return total, time.perf_counter() - start
+
+
+def write_file(path: Path, nbytes: int, chunk: int = 64 << 20) -> float:
+    """Write `nbytes` to a new file (page cache, no fsync, as the merge tools do); returns seconds."""
+    block = os.urandom(min(chunk, max(nbytes, 1)))
+    start = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        left = nbytes
+        while left > 0:
+            left -= f.write(block[: min(left, len(block))])
+    elapsed = time.perf_counter() - start
+    path.unlink()
+    return elapsed
