@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..engine import merge_state_dicts
 from ..methods import get_method
 from ..modeling import load_tokenizer
 from ..tasks import load_task_file
@@ -24,7 +25,7 @@ from .data import EncodedSplit, encode_split
 from .interference import CrossTask, cross_task_matrix, disentanglement_grid
 from .metrics import normalized_accuracy
 from .runner import MultiTaskModel, TaskScore, evaluate, load_model, predict, read_encoder, resolve_device
-from .sweep import StateDict, SweepResult, merge_in_memory, sweep
+from .sweep import StateDict, SweepResult, sweep
 
 
 @dataclass
@@ -109,7 +110,7 @@ def _run_method(bench: _Bench, spec: MethodSpec, base: StateDict, experts: list[
         result = sweep(spec.method, experts, base, spec.grid, score,
                        parameters=params, device=bench.device)
         params.update(result.best.params)
-    merged = merge_in_memory(spec.method, experts, base, params, device=bench.device)
+    merged = merge_state_dicts(spec.method, experts, base, params, device=bench.device)
     scores = bench.scores(merged, cfg.report_split)
     return ModelResult(spec.name, scores, _normalized(scores, expert_report), params, result)
 

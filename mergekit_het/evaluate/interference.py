@@ -19,18 +19,19 @@ from dataclasses import dataclass
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..engine import merge_state_dicts
 from ..errors import ConfigError
 from .metrics import disentanglement_error, normalize_columns
-from .sweep import StateDict, merge_in_memory
+from .sweep import StateDict
 
 
 def add_task_vectors(
     base: StateDict, experts: Sequence[StateDict], alphas: Sequence[float], *, device: str = "cpu"
 ) -> dict[str, Tensor]:
     """θ0 + Σ_i α_i (θ_i − θ0), as a `task_arithmetic` merge with weights α_i."""
-    return merge_in_memory(
+    return merge_state_dicts(
         "task_arithmetic",
-        experts,
+        list(experts),
         base,
         {"lambda": 1.0, "normalize": False},
         [{"weight": float(a)} for a in alphas],

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..engine import merge_state_dicts
 from ..errors import ConfigError
 
 StateDict = Mapping[str, Tensor]
@@ -56,28 +57,6 @@ class SweepResult:
         return max(self.points, key=lambda p: p.score)  # max keeps the first of equal scores
 
 
-def merge_in_memory(
-    method: str,
-    experts: Sequence[StateDict],
-    base: StateDict | None,
-    parameters: Mapping[str, float] | None = None,
-    model_parameters: Sequence[Mapping[str, float]] | None = None,
-    *,
-    device: str = "cpu",
-) -> dict[str, Tensor]:
-    """One merge through the engine (`engine.merge_state_dicts`); parameters use mergekit names."""
-    from ..engine import merge_state_dicts
-
-    return merge_state_dicts(
-        method,
-        models=list(experts),
-        base=base,
-        parameters=dict(parameters or {}),
-        model_parameters=[dict(p) for p in model_parameters] if model_parameters else None,
-        device=device,
-    )
-
-
 def sweep(
     method: str,
     experts: Sequence[StateDict],
@@ -88,7 +67,6 @@ def sweep(
     parameters: Mapping[str, float] | None = None,
     model_parameters: Sequence[Mapping[str, float]] | None = None,
     device: str = "cpu",
-    merge: Callable[..., dict[str, Tensor]] = merge_in_memory,
 ) -> SweepResult:
     """Merge at every grid point and score the merged state dict.
 
@@ -98,8 +76,8 @@ def sweep(
     """
     points = []
     for params in tqdm(grid_points(grid), desc=f"sweep {method}", unit="point"):
-        state = merge(method, experts, base, {**(parameters or {}), **params},
-                      model_parameters, device=device)
+        state = merge_state_dicts(method, list(experts), base, {**(parameters or {}), **params},
+                                  model_parameters, device=device)
         value, details = score(state)
         points.append(SweepPoint(params, value, details))
         del state
