@@ -139,7 +139,11 @@ def _generator(seed: int, name: str, device: torch.device) -> torch.Generator:
 
 
 def _check_finite(t: Tensor, name: str, label: str, policy: NanPolicy, seen: list[str]) -> None:
-    if policy == "ignore" or not t.is_floating_point() or bool(torch.isfinite(t).all()):
+    """NaN and ±Inf propagate to min/max: one reduction pass, no temporary tensor."""
+    if policy == "ignore" or not t.is_floating_point() or t.numel() == 0:
+        return
+    lo, hi = t.aminmax()
+    if bool(torch.isfinite(lo) & torch.isfinite(hi)):
         return
     msg = f"{name}: model {label} holds NaN or Inf values"
     if policy == "error":

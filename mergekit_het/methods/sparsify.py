@@ -13,12 +13,15 @@ from torch import Tensor
 RescaleNorm = Literal["l1", "density"]
 
 
+_RADIX_MIN = 1 << 20
+
+
 def keep_top_magnitude(delta: Tensor, density: float) -> Tensor:
     """Keep exactly k = floor(density * numel) entries of largest |delta|, zero the rest.
 
-    Per tensor, as mergekit (the TIES paper trims over the whole model; see `ties_global`).
-    Entries tied at the threshold are kept in index order until k are kept (mergekit breaks
-    such ties by argsort order, which torch does not specify). density >= 1 returns `delta`.
+    Per tensor, as mergekit (the TIES paper trims over the whole model). Entries tied at the
+    threshold are kept in index order until k are kept (mergekit breaks such ties by argsort
+    order, which torch does not specify). density >= 1 returns `delta` itself.
     """
     if density >= 1:
         return delta
@@ -26,21 +29,18 @@ def keep_top_magnitude(delta: Tensor, density: float) -> Tensor:
     k = int(density * n)
     if k <= 0:
         raise ValueError(f"density {density} keeps no entry of a tensor with {n} elements")
-    mag = delta.abs().flatten()
-    threshold = _kth_largest(mag, k)
-    keep = mag > threshold
-    missing = k - int(keep.sum())
-    if missing > 0:
-        ties = torch.nonzero(mag == threshold).flatten()[:missing]
-        keep[ties] = True
-    return delta * keep.view_as(delta)
+    mag = delta.abs().reshape(-1)
+    threshold, at_or_above = _kth_largest(mag, k)
+    keep = mag >= threshold
+    if at_or_above > k:  # ties at the threshold: drop the last ones by index
+        ties = torch.nonzero(mag == threshold).reshape(-1)
+        keep[ties[ties.numel() - (at_or_above - k):]] = False
+    return torch.where(keep.view_as(delta), delta, 0.0)
 
 
-_RADIX_MIN = 1 << 20
-
-
-def _kth_largest(values: Tensor, k: int) -> Tensor:
-    """The k-th largest entry of a flat non-negative tensor, exactly, without sorting.
+def _kth_largest(values: Tensor, k: int) -> tuple[Tensor, int]:
+    """The k-th largest entry of a flat non-negative tensor, exactly, without sorting, and how
+    many entries are >= it.
 
     float32: two-pass radix select on the IEEE bit pattern (for non-negative floats the
     integer order of the bits is the numeric order): a histogram of the upper 16 bits finds
@@ -49,26 +49,24 @@ def _kth_largest(values: Tensor, k: int) -> Tensor:
     use `kthvalue`.
     """
     if values.dtype != torch.float32 or values.numel() < _RADIX_MIN:
-        return values.kthvalue(values.numel() - k + 1).values
+        threshold = values.kthvalue(values.numel() - k + 1).values
+        return threshold, int((values >= threshold).sum())
     bits = values.view(torch.int32)
     high = bits >> 16
-    bucket, above = _select_bucket(torch.bincount(high, minlength=1 << 15), k)
+    bucket, above, _ = _select_bucket(torch.bincount(high, minlength=1 << 15), k)
     low = bits[high == bucket] & 0xFFFF
-    value, _ = _select_bucket(torch.bincount(low, minlength=1 << 16), k - above)
-    return torch.tensor((bucket << 16) | value, dtype=torch.int32, device=values.device).view(torch.float32)
+    value, above_in_bucket, equal = _select_bucket(torch.bincount(low, minlength=1 << 16), k - above)
+    threshold = torch.tensor((bucket << 16) | value, dtype=torch.int32, device=values.device).view(torch.float32)
+    return threshold, above + above_in_bucket + equal
 
 
-def _select_bucket(counts: Tensor, k: int) -> tuple[int, int]:
-    """Index of the bucket holding the k-th largest item, and how many items lie above it."""
+def _select_bucket(counts: Tensor, k: int) -> tuple[int, int, int]:
+    """Bucket holding the k-th largest item, how many items lie above it, how many in it."""
     from_top = counts.flip(0).cumsum(0)
     i = int(torch.searchsorted(from_top, torch.tensor([k], device=counts.device)))
     above = int(from_top[i - 1]) if i > 0 else 0
-    return counts.numel() - 1 - i, above
-
-
-def magnitude_at_least(delta: Tensor, threshold: float) -> Tensor:
-    """Keep entries with |delta| >= threshold (TIES paper's global trim applies one threshold)."""
-    return delta * (delta.abs() >= threshold)
+    bucket = counts.numel() - 1 - i
+    return bucket, above, int(counts[bucket])
 
 
 def random_drop(delta: Tensor, density: float, *, generator: torch.Generator | None = None) -> Tensor:

@@ -68,10 +68,10 @@ def generalized_task_arithmetic(
     `rescale` rescales sparsified deltas (`rescale_norm` "l1" = mergekit 0.1, "density" = the
     DARE paper's 1/density). `int8_mask` is accepted for mergekit compatibility: it only changed
     mergekit's mask dtype, results are identical."""
-    weighted = [
-        w * _sparsify(t - base, sparsify, d, g, e, rescale, rescale_norm, generator)
-        for t, w, d, g, e in zip(tensors, weight, density, gamma, epsilon)
-    ]
+    weighted = []
+    for t, w, d, g, e in zip(tensors, weight, density, gamma, epsilon):
+        wd = _sparsify(t - base, sparsify, d, g, e, rescale, rescale_norm, generator)
+        weighted.append(wd.mul_(w) if w != 1 else wd)
     if consensus is not None:
         mixed = disjoint_mean(weighted, weight, elect_sign(weighted, consensus), normalize)
     else:
