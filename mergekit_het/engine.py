@@ -10,6 +10,7 @@ whole model. The same loop serves files (`run_merge`) and in-memory state dicts
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import warnings
@@ -18,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -152,39 +153,78 @@ def _check_finite(t: Tensor, name: str, label: str, policy: NanPolicy, seen: lis
     warnings.warn(msg, stacklevel=2)
 
 
-def execute(plan: MergePlan, sink, options: MergeOptions) -> MergeSummary:
-    """Run the plan: read ahead, merge on `options.device`, write through `sink(name, tensor)`."""
+def _device(options: MergeOptions) -> torch.device:
     device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA device is available")
     if options.threads:
         torch.set_num_threads(options.threads)
-    pin = device.type == "cuda"
-    summary = MergeSummary()
-    start = time.perf_counter()
+    return device
+
+
+def _stream(plan: MergePlan, readers: ThreadPoolExecutor, depth: int, pin: bool) -> Iterator[tuple[str, list[Tensor]]]:
+    """Yield (name, raw tensors of every source) in plan order, reading `depth` names ahead."""
     sources = plan.sources
 
     def read_group(name: str) -> list[Tensor]:
         return [s.read(name, pin_memory=pin) for s in sources]
 
+    names = iter(plan.names)
+    ahead: deque[tuple[str, Future]] = deque((n, readers.submit(read_group, n)) for n in itertools.islice(names, depth + 1))
+    while ahead:
+        name, fut = ahead.popleft()
+        nxt = next(names, None)
+        if nxt is not None:
+            ahead.append((nxt, readers.submit(read_group, nxt)))
+        yield name, fut.result()
+
+
+def _float_inputs(plan: MergePlan, name: str, raw: list[Tensor], device: torch.device, options: MergeOptions, seen: list[str]):
+    """(base, tensors) in float32 on `device`, NaN/Inf-checked; None for non-float tensors."""
+    if not raw[0].is_floating_point():
+        return None
+    inputs = []
+    for t, src in zip(raw, plan.sources):
+        t = t.to(device, non_blocking=True).to(torch.float32 if t.dtype != torch.float64 else t.dtype)
+        _check_finite(t, name, src.label, options.nan_policy, seen)
+        inputs.append(t)
+    if plan.base is not None:
+        return inputs[0], inputs[1:]
+    return None, inputs
+
+
+def _model_statistics(plan: MergePlan, readers: ThreadPoolExecutor, device: torch.device, options: MergeOptions, seen: list[str]) -> dict[str, Any]:
+    """Run the method's model passes (full streaming reads each) and collect their outputs."""
+    stats: dict[str, Any] = {}
+    for i, mp in enumerate(plan.method.passes):
+        state = mp.start(len(plan.models))
+        bar = tqdm(total=len(plan.names), unit="tensor", desc=f"model pass {i + 1}/{len(plan.method.passes)}", disable=not options.progress)
+        for name, raw in _stream(plan, readers, options.prefetch, device.type == "cuda"):
+            inputs = _float_inputs(plan, name, raw, device, options, seen)
+            if inputs is not None:
+                try:
+                    mp.update(state, *inputs, {**plan.resolver.for_tensor(name), **stats})
+                except ValueError as exc:
+                    raise TensorError(f"{name}: {plan.method.name} failed: {exc}") from None
+            bar.update(1)
+        bar.close()
+        stats.update(mp.finish(state))
+    return stats
+
+
+def execute(plan: MergePlan, sink, options: MergeOptions) -> MergeSummary:
+    """Run the plan: read ahead, merge on `options.device`, write through `sink(name, tensor)`."""
+    device = _device(options)
+    summary = MergeSummary()
+    start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, options.prefetch), thread_name_prefix="read") as readers, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer:  # fmt: skip
-        ahead: deque[tuple[str, Future]] = deque()
+        stats = _model_statistics(plan, readers, device, options, summary.warnings)
         writes: deque[Future] = deque()
-        names = iter(plan.names)
-        for name in names:
-            ahead.append((name, readers.submit(read_group, name)))
-            if len(ahead) > options.prefetch:
-                break
         bar = tqdm(total=len(plan.names), unit="tensor", desc="merging", disable=not options.progress)
-        while ahead:
-            name, fut = ahead.popleft()
-            nxt = next(names, None)
-            if nxt is not None:
-                ahead.append((nxt, readers.submit(read_group, nxt)))
-            raw = fut.result()
+        for name, raw in _stream(plan, readers, options.prefetch, device.type == "cuda"):
             summary.bytes_read += sum(t.numel() * t.element_size() for t in raw)
-            out = _merge_one(plan, name, raw, device, options, summary.warnings)
+            out = _merge_one(plan, name, raw, device, options, summary.warnings, stats)
             while len(writes) >= 2:
                 writes.popleft().result()
             writes.append(writer.submit(sink, name, out))
@@ -197,26 +237,21 @@ def execute(plan: MergePlan, sink, options: MergeOptions) -> MergeSummary:
     return summary
 
 
-def _merge_one(plan: MergePlan, name: str, raw: list[Tensor], device: torch.device, options: MergeOptions, seen: list[str]) -> Tensor:
-    labels = [s.label for s in plan.sources]
-    out_dtype = plan.out_dtypes[name]
-    if not raw[0].is_floating_point():
+def _merge_one(plan: MergePlan, name: str, raw: list[Tensor], device: torch.device, options: MergeOptions,
+               seen: list[str], stats: dict[str, Any]) -> Tensor:  # fmt: skip
+    inputs = _float_inputs(plan, name, raw, device, options, seen)
+    if inputs is None:
         if any(not torch.equal(raw[0], t) for t in raw[1:]):
             raise TensorError(f"{name}: non-float tensor differs between models; it cannot be merged")
         return raw[0]
-    inputs = []
-    for t, label in zip(raw, labels):
-        t = t.to(device, non_blocking=True).to(torch.float32 if t.dtype != torch.float64 else t.dtype)
-        _check_finite(t, name, label, options.nan_policy, seen)
-        inputs.append(t)
-    base = inputs[0] if plan.base is not None else None
-    tensors = inputs[1:] if plan.base is not None else inputs
+    base, tensors = inputs
     gen = _generator(options.seed, name, device) if plan.method.uses_generator else None
     try:
-        merged = plan.method(base, tensors, generator=gen, **plan.resolver.for_tensor(name))
+        public = {k: v for k, v in stats.items() if not k.startswith("_")}
+        merged = plan.method(base, tensors, generator=gen, **plan.resolver.for_tensor(name), **public)
     except (ValueError, RuntimeError) as exc:
         raise TensorError(f"{name}: {plan.method.name} failed: {exc}") from None
-    return merged.to(out_dtype)
+    return merged.to(plan.out_dtypes[name])
 
 
 # ---- entry points ---------------------------------------------------------------------

@@ -10,30 +10,28 @@ from torch import Tensor
 Consensus = Literal["sum", "count"]
 
 
-def elect_sign(weighted: list[Tensor], how: Consensus = "sum") -> Tensor:
-    """Boolean tensor, True where the elected sign is +.
+def elect_sign(weighted: list[Tensor], how: Consensus = "sum", tie: float | Tensor = 1.0) -> Tensor:
+    """The elected sign per entry: +1, −1, or `tie` where the vote is exactly 0.
 
-    "sum": sign of Σᵢ wᵢδᵢ (mass); "count": sign of Σᵢ sign(wᵢδᵢ) (majority vote).
-    An exact tie (sum 0) elects + as mergekit does. Accumulates in model order, so the
-    election equals mergekit's stacked sum bit for bit.
+    "sum": sign of Σᵢ wᵢδᵢ (mass); "count": sign of Σᵢ sign(wᵢδᵢ) (majority vote). mergekit
+    elects + on a tie (tie=1); the TIES paper uses the model-wide majority sign. Accumulates in
+    model order, so the election equals mergekit's stacked sum bit for bit.
     """
     total = torch.zeros_like(weighted[0])
     for wd in weighted:
         total += wd if how == "sum" else wd.sign()
-    return total >= 0
+    return torch.where(total == 0, tie, total.sign())
 
 
-def disjoint_mean(
-    weighted: list[Tensor], weights: list[float], positive: Tensor, normalize: bool
-) -> Tensor:
+def disjoint_mean(weighted: list[Tensor], weights: list[float], sign: Tensor, normalize: bool) -> Tensor:
     """Σᵢ wᵢδᵢ·aᵢ, divided (if `normalize`) by Σᵢ wᵢ·aᵢ, where aᵢ marks entries of model i whose
-    sign agrees with the elected one (trimmed zeros never agree). A zero divisor becomes 1."""
+    sign equals the elected one (trimmed zeros never agree). A zero divisor becomes 1."""
     mixed = torch.zeros_like(weighted[0])
     divisor = torch.zeros_like(weighted[0])
     for wd, w in zip(weighted, weights):
-        agree = torch.where(positive, wd > 0, wd < 0)
-        mixed += wd * agree
-        divisor += w * agree
+        agree = (wd * sign) > 0
+        mixed += torch.where(agree, wd, 0.0)
+        divisor.add_(agree, alpha=w)
     if not normalize:
         return mixed
     divisor[divisor == 0] = 1

@@ -14,7 +14,10 @@ def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: PerM
 - keyword parameters annotated `PerModel` are *tensor parameters* in mergekit's sense: one
   value per model (the engine passes a list); every other keyword is a *global* parameter;
 - a trailing `_` is stripped from a parameter's YAML name (`lambda_` is `lambda`);
-- a parameter named `generator` receives a `torch.Generator` seeded per tensor (random methods).
+- a parameter named `generator` receives a `torch.Generator` seeded per tensor (random methods);
+- keywords listed in `passes` outputs are *model statistics*: the engine computes them with
+  streaming passes over every tensor before merging (e.g. the TIES paper's model-wide trim
+  threshold) and passes them to every call; they are not user parameters.
 
 Presets register one implementation under several names with some keywords fixed and
 other defaults changed (mergekit's registry: ties / dare_ties / breadcrumbs are presets of
@@ -38,6 +41,22 @@ PerModel = Annotated[float, _PER_MODEL]
 """Annotation of a per-model (tensor) parameter; the function receives `list[float]`."""
 
 REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class ModelPass:
+    """A streaming pass over all tensor names before the merge, computing model statistics.
+
+    `start(n_models)` makes a state; `update(state, base, tensors, params)` sees each tensor
+    name's float32 inputs and resolved parameters (including outputs of earlier passes);
+    `finish(state)` returns keyword values for later passes and for the method (names
+    starting with `_` are seen by later passes only).
+    """
+
+    start: Callable[[int], Any]
+    update: Callable[[Any, Tensor | None, list[Tensor], dict[str, Any]], None]
+    finish: Callable[[Any], dict[str, Any]]
+    outputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,7 @@ class MergeMethod:
     min_models: int = 1
     max_models: int | None = None
     doc: str = ""
+    passes: tuple[ModelPass, ...] = ()
 
     @property
     def per_model_params(self) -> dict[str, Param]:
@@ -111,11 +131,11 @@ class MergeMethod:
 METHODS: dict[str, MergeMethod] = {}
 
 
-def _schema(fn: Callable, fixed: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Param]:
+def _schema(fn: Callable, fixed: dict[str, Any], defaults: dict[str, Any], computed: set[str]) -> dict[str, Param]:
     hints = typing.get_type_hints(fn, include_extras=True)
     params: dict[str, Param] = {}
     for p in inspect.signature(fn).parameters.values():
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in fixed or p.name == "generator":
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in fixed or p.name == "generator" or p.name in computed:
             continue
         hint = hints.get(p.name)
         per_model = _PER_MODEL in getattr(hint, "__metadata__", ())
@@ -137,9 +157,12 @@ def merge_method(
     defaults: dict[str, Any] | None = None,
     min_models: int = 1,
     max_models: int | None = None,
+    passes: tuple[ModelPass, ...] = (),
 ):
-    """Register `fn` under `name`; `fixed` keywords are not user-settable, `defaults` override."""
+    """Register `fn` under `name`; `fixed` keywords are not user-settable, `defaults` override,
+    `passes` compute model statistics before the merge (see `ModelPass`)."""
     fixed = fixed or {}
+    computed = {out for p in passes for out in p.outputs}
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in METHODS:
@@ -149,11 +172,12 @@ def merge_method(
             fn=fn,
             base=base,
             paper=paper,
-            params=_schema(fn, fixed, defaults or {}),
+            params=_schema(fn, fixed, defaults or {}, computed),
             fixed=fixed,
             min_models=min_models,
             max_models=max_models,
             doc=inspect.getdoc(fn) or "",
+            passes=passes,
         )
         return fn
 

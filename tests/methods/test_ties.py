@@ -22,8 +22,9 @@ def test_ties_sum_election_disjoint_mean_hand_computed():
 
 def test_elect_sign_count_ties_break_positive():
     d = [T([2.0, -1.0, 0.5]), T([-1.0, -1.0, -3.0])]
-    assert elect_sign(d, "count").tolist() == [True, False, True]
-    assert elect_sign(d, "sum").tolist() == [True, False, False]
+    assert elect_sign(d, "count").tolist() == [1.0, -1.0, 1.0]
+    assert elect_sign(d, "sum").tolist() == [1.0, -1.0, -1.0]
+    assert elect_sign([T([1.0, 2.0]), T([-1.0, 1.0])], "sum", tie=-1.0).tolist() == [-1.0, 1.0]
 
 
 def test_ties_weights_applied_before_election():
@@ -97,7 +98,7 @@ def test_ties_matches_stacked_reference_implementation():
     out = ties(b, ms, weight=w.tolist(), density=dens, lambda_=0.7)
     deltas = torch.stack([keep_top_magnitude(m - b, d) for m, d in zip(ms, dens)])
     wd = deltas * w[:, None]
-    elected = torch.where(wd.sum(0) >= 0, 1.0, -1.0)
+    elected = torch.where(wd.sum(0) >= 0, 1.0, -1.0)  # mergekit: ties elect +
     mask = wd.sign() == elected
     mixed = (wd * mask).sum(0)
     div = (w[:, None] * mask).sum(0)
