@@ -15,7 +15,7 @@ The client returns its trained weights and example count; the server merges them
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,12 +79,15 @@ def train_client(
     prox_mu: float = 0.0,
     ghbm_beta: float = 0.0,
     momentum: Mapping[str, torch.Tensor] | None = None,
+    extra_corrections: Sequence[Callable[[Mapping[str, nn.Parameter]], None]] = (),
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> ClientUpdate:
     """Train `model` (already holding the global weights) on this client's tokenized `rows`.
 
-    Batch order and dropout are seeded by `seed`, so a round is reproducible on resume."""
+    `extra_corrections` are called with the trainable parameters after each backward pass and
+    add their terms to `.grad` in place (e.g. the EWC penalty of `continual.ewc`). Batch order
+    and dropout are seeded by `seed`, so a round is reproducible on resume."""
     torch.manual_seed(seed)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     anchor = {n: p.detach().clone() for n, p in params.items()} if prox_mu else None
@@ -99,6 +102,8 @@ def train_client(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         correct_gradients(params, anchor=anchor, prox_mu=prox_mu, momentum=momentum, momentum_coef=coef)
+        for fix in extra_corrections:
+            fix(params)
         opt.step()
         total += loss.item()
     state = {n: p.detach().cpu().clone() for n, p in params.items()}

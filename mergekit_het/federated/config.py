@@ -32,11 +32,13 @@ from ..finetune.config import parse_overrides
 from ..methods import get_method
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     task_file: Path
     task: str
     max_length: int = Field(128, ge=2)
@@ -45,7 +47,7 @@ class DataConfig(_Strict):
     eval_split: Literal["validation", "test"] = "test"
 
 
-class PartitionConfig(_Strict):
+class PartitionConfig(StrictModel):
     """How train examples are dealt to clients (see `federated.partition`)."""
 
     scheme: Literal["iid", "dirichlet", "pathological"] = "iid"
@@ -55,7 +57,7 @@ class PartitionConfig(_Strict):
     min_size: int = Field(1, ge=1)  # Dirichlet: resample until every client has this many
 
 
-class ClientConfig(_Strict):
+class ClientConfig(StrictModel):
     """Local training: plain SGD on the mean cross-entropy of each batch."""
 
     lr: float = Field(0.05, gt=0)
@@ -66,14 +68,14 @@ class ClientConfig(_Strict):
     prox_mu: float = Field(0.0, ge=0)  # FedProx: gradient += μ(w − w_global)
 
 
-class ServerConfig(_Strict):
+class ServerConfig(StrictModel):
     """Server optimizer on the aggregated pseudo-gradient (SGD; momentum > 0 is FedAvgM)."""
 
     lr: float = Field(1.0, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
 
 
-class AggregateConfig(_Strict):
+class AggregateConfig(StrictModel):
     """A registered merge method applied to the clients' models with the global model as base.
 
     `weighting: examples` gives each client the per-model parameter weight = its example count
@@ -85,14 +87,14 @@ class AggregateConfig(_Strict):
     weighting: Literal["examples", "uniform"] = "examples"
 
 
-class GHBMConfig(_Strict):
+class GHBMConfig(StrictModel):
     """Generalized Heavy-Ball Momentum (Zaccone et al., arXiv:2311.18578)."""
 
     beta: float = Field(0.9, ge=0)
     tau: int = Field(..., ge=1)  # no default in the reference code; README uses τ = 1/C
 
 
-class Fed3RConfig(_Strict):
+class Fed3RConfig(StrictModel):
     """Fed3R (Fanì et al., ICML 2024, arXiv:2406.01116): ridge head from client statistics."""
 
     init: bool = True  # False: the configured rounds run from the usual head
@@ -102,13 +104,13 @@ class Fed3RConfig(_Strict):
     freeze_head: bool = False  # keep the Fed3R classifier fixed while fine-tuning
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     dir: Path
     overwrite: bool = False
     save_model: bool = True
 
 
-class FederatedConfig(_Strict):
+class FederatedConfig(StrictModel):
     model: str
     protocol: Literal["pooled_head", "classifier"] = "pooled_head"
     data: DataConfig

@@ -1,0 +1,39 @@
+"""Fixtures for continual tests; the tiny model and synthetic task come from tests/federated."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "federated"))
+from fed_fixtures import make_bert, write_task  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def cl_bert(tmp_path_factory) -> Path:
+    return make_bert(tmp_path_factory.mktemp("clbert"))
+
+
+@pytest.fixture(scope="session")
+def cl_task(tmp_path_factory) -> Path:
+    return write_task(tmp_path_factory.mktemp("cltoy"), sizes=(80, 40, 40))
+
+
+@pytest.fixture
+def cl_config(cl_bert, cl_task, tmp_path):
+    def make(**over):
+        cfg = {
+            "model": str(cl_bert),
+            "data": {"task_file": str(cl_task), "max_length": 16},
+            "stream": {"split": "toy", "classes": [[0, 1], [2, 3]]},
+            "train": {"lr": 0.1, "batch_size": 8, "steps": 3},
+            "eval_batch_size": 64,
+            "output": {"dir": str(tmp_path / "out")},
+        }
+        cfg.update(over)
+        return cfg
+
+    return make
