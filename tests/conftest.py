@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+
+# Tests run with --import-mode=importlib (test files in different folders may share a name);
+# fixture modules next to the tests (`fed_fixtures`, `fake_hub`, ...) are imported by name.
+_TESTS = Path(__file__).parent
+for _p in [_TESTS.parent, *sorted(d for d in _TESTS.iterdir() if d.is_dir() and not d.name.startswith("_"))]:
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def tiny_bert_config(**overrides):
