@@ -89,7 +89,7 @@ class Tool:
             cmd += ["--cuda"] if device == "cuda" else []
             cmd += ["--num-threads", str(threads)] if threads else []
         else:
-            cmd = [*self.argv, "merge", str(config), str(out), "--device", device]
+            cmd = [*self.argv, "merge", str(config), str(out), "--device", device, "--no-copy-tokenizer"]
             cmd += ["--threads", str(threads)] if threads else []
         return cmd + extra
 
@@ -182,7 +182,7 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
             diff = compare_outputs(outs["mergekit"], outs["het"])
             row["diff"] = asdict(diff) | {"differing_frac": diff.differing_frac}
             print(f"  {name:16s} max|mergekit - het| = {diff.max_abs:.3g} ({diff.max_abs_tensor}); "
-                  f"{diff.differing_frac:.2%} of elements differ" + (f"; PROBLEMS: {diff.problems[:3]}" if diff.problems else ""))
+                  f"{diff.differing:,} of {diff.elements:,} elements differ" + (f"; PROBLEMS: {diff.problems[:3]}" if diff.problems else ""))
         if not args.keep_outputs:
             for out in outs.values():
                 shutil.rmtree(out, ignore_errors=True)

@@ -29,7 +29,7 @@ def _diff(row: dict) -> str:
     d = row["diff"]
     if d is None:
         return "random (not compared)" if row["method"].startswith("dare") else "–"
-    text = f"{d['max_abs']:.3g} ({d['differing_frac']:.2%} of elements differ)"
+    text = f"{d['max_abs']:.3g} ({d['differing']:,} of {d['elements'] / 1e6:.1f}M elements differ)"
     return text + (f"; {len(d['problems'])} PROBLEMS" if d["problems"] else "")
 
 

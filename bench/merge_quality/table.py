@@ -138,16 +138,18 @@ def targets(results: Mapping[str, Mapping], rows: list[dict], tasks: list[str]) 
     dense, talos = accuracies(results["dense"], EXPERTS), accuracies(results["talos"], EXPERTS)
     gap = {t: dense[t] - talos[t] for t in tasks}
     cross = min(off_diagonal(results["talos"]["cross_task"]["normalized"]), default=1.0)
-    merges = [r for r in rows if r["norm"] is not None and r["model"] != "experts"]
-    best = max(merges, key=lambda r: _mean(r["acc"]))
-    best_norm = max(merges, key=lambda r: _mean(r["norm"]))
+    merges = [r for r in rows if r["norm"] is not None and r["model"] != "experts"] or rows[:1]
+
+    def pick(key: str) -> dict:
+        r = max(merges, key=lambda r: _mean(r[key] or r["acc"]))
+        return {"kind": r["kind"], "model": r["model"], "mean_accuracy": _mean(r["acc"]),
+                "mean_normalized": _mean(r["norm"] or r["acc"]), "params": r["params"]}
+
+    best = pick("acc")
     return {"talos_gap": gap, "talos_gap_met": max(gap.values()) <= 0.02 + 1e-12,
             "talos_min_cross": cross, "talos_cross_met": cross >= 0.98,
-            "best_merge": {"kind": best["kind"], "model": best["model"], "mean_accuracy": _mean(best["acc"]),
-                           "mean_normalized": _mean(best["norm"]), "params": best["params"]},
-            "best_merge_met": _mean(best["acc"]) >= 0.80,
-            "best_normalized": {"kind": best_norm["kind"], "model": best_norm["model"],
-                                "mean_normalized": _mean(best_norm["norm"]), "mean_accuracy": _mean(best_norm["acc"])}}
+            "best_merge": best, "best_merge_met": best["mean_accuracy"] >= 0.80,
+            "best_normalized": pick("norm")}
 
 
 def candidates_table(info: Mapping, tasks: list[str]) -> str:
@@ -172,22 +174,22 @@ def summary_markdown(results: Mapping[str, Mapping], info: Mapping) -> str:
         f"Frozen-head protocol; base `{info['base']}`; tasks from `{info['tasks_file']}`. Test accuracy; "
         "every knob (λ, density, TaLoS candidate) chosen on validation. Normalized = ÷ the same kind's "
         "expert on that task.\n",
-        "## Test accuracy\n", markdown_table(rows, tasks, "acc"),
-        "\n## Normalized accuracy (÷ expert of the same kind)\n", markdown_table(rows, tasks, "norm"),
+        "## Test accuracy\n\n", markdown_table(rows, tasks, "acc"),
+        "\n## Normalized accuracy (÷ expert of the same kind)\n\n", markdown_table(rows, tasks, "norm"),
     ]
     for kind, res in results.items():
         ct = res["cross_task"]
-        text += [f"\n## Cross-task matrix, {kind} experts (test; θ0 + τ_i on task j ÷ θ0 on j)\n",
-                 matrix_table(ct["vectors"], ct["tasks"], ct["normalized"])]
+        text += [f"\n## Cross-task matrix, {kind} experts (test; θ0 + τ_i on task j ÷ θ0 on j)\n\n",
+                 matrix_table(ct["vectors"], res["tasks"], ct["normalized"])]
     text += [f"\n## TaLoS candidates (validation; chosen: `{info['talos']['chosen']}`; "
              f"targets max gap ≤ {info['talos']['select']['max_gap']}, "
-             f"min off-diagonal ≥ {info['talos']['select']['min_cross']})\n",
+             f"min off-diagonal ≥ {info['talos']['select']['min_cross']})\n\n",
              candidates_table(info, tasks)]
     if info["talos"]["skipped"]:
         text.append(f"\nSkipped (deadline): {', '.join(info['talos']['skipped'])}\n")
     gaps = ", ".join(f"{t} {g:+.4f}" for t, g in tg["talos_gap"].items())
     text += [
-        "\n## Targets (test)\n",
+        "\n## Targets (test)\n\n",
         f"- TaLoS within 2 points of dense on every task: **{'met' if tg['talos_gap_met'] else 'not met'}** "
         f"(dense − TaLoS: {gaps})\n",
         f"- TaLoS off-diagonal cross-task ≥ 0.98: **{'met' if tg['talos_cross_met'] else 'not met'}** "
@@ -213,7 +215,7 @@ def write_summary(results: Mapping[str, Mapping], info: Mapping, out: Path) -> l
     for kind, res in results.items():
         ct = res["cross_task"]
         written.append(plots.plot_cross_task(
-            ct["normalized"], [f"τ {v}" for v in ct["vectors"]], ct["tasks"], out / f"cross_task_{kind}.png",
+            ct["normalized"], [f"τ {v}" for v in ct["vectors"]], res["tasks"], out / f"cross_task_{kind}.png",
             title=f"{kind} experts: θ0 + τ_i on task j (÷ θ0 on j), test"))
     bars = {f"{r['kind']} {r['model']}": r["norm"] for r in rows
             if r["norm"] is not None and r["model"] in ("experts", "average", "task_arithmetic", "ties")}
