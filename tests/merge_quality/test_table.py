@@ -14,7 +14,7 @@ def _results(base, experts, methods, cross):
 
     models = {"base": model(base), table.EXPERTS: model(experts)}
     models.update({n: model(acc, p) for n, (acc, p) in methods.items()})
-    return {"models": models, "cross_task": {"vectors": TASKS, "tasks": TASKS, "normalized": cross}}
+    return {"tasks": TASKS, "models": models, "cross_task": {"vectors": TASKS, "normalized": cross}}
 
 
 def test_rows_of_experts_normalized_one_and_merges_divided_by_same_kind_expert():
