@@ -138,6 +138,7 @@ def summarize(runs: list[Measurement]) -> dict:
         "peak_rss_bytes": max((m.peak_rss_bytes for m in ok), default=None),
         "maxrss_bytes": max((m.maxrss_bytes for m in ok), default=None),
         "tree_rss_bytes": max((m.tree_rss_bytes for m in ok), default=None),
+        "anon_rss_bytes": max((m.anon_rss_bytes for m in ok), default=None),
         "gpu_peak_bytes": max(gpu) if gpu else None,
         "returncodes": [m.returncode for m in runs],
     }
@@ -171,7 +172,7 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
                 m = run_measured(cmd, log, env=env, cwd=REPO, gpu=gpu)
                 runs[tool.key].append(m)
                 status = "ok" if m.returncode == 0 else f"FAILED rc={m.returncode}, log {log}"
-                print(f"  {name:16s} {tool.label:13s} {m.wall_s:8.2f} s (CPU {m.cpu_s:7.2f} s)  peak RSS {m.peak_rss_bytes / 2**30:6.2f} GiB  {status}")
+                print(f"  {name:16s} {tool.label:13s} {m.wall_s:8.2f} s (CPU {m.cpu_s:7.2f} s)  peak RSS {m.peak_rss_bytes / 2**30:6.2f} GiB (anon {m.anon_rss_bytes / 2**30:5.2f})  {status}")
                 if m.returncode != 0:
                     logs[tool.key] = tail(log)
                     print(logs[tool.key])

@@ -7,7 +7,9 @@ Peak RSS is taken two ways and the larger is reported:
   * the sum of RSS over the live process tree, sampled every `interval` s with psutil (catches
     several processes resident at once, e.g. worker pools; may miss short spikes).
 Neither includes the benchmark's own process. Both count file-backed pages the child mapped and
-touched (memory-mapped safetensors), exactly as the kernel charges them to the process.
+touched (memory-mapped safetensors), exactly as the kernel charges them to the process. Those pages
+are clean page cache the kernel can drop, so the sampler also records the peak of the summed
+anonymous RSS (`RssAnon` in /proc/PID/status: heap, tensors, buffers), the memory a merge really holds.
 
 GPU memory (when pynvml is importable and a GPU is visible): the peak of the device's used memory
 while the command ran minus what was used before it started (the device must be otherwise idle).
@@ -37,6 +39,7 @@ class Measurement:
     cpu_s: float  # user + system CPU time of the child and its reaped descendants
     maxrss_bytes: int  # ru_maxrss of the child (largest process of its tree)
     tree_rss_bytes: int  # sampled peak of the summed RSS of the live tree (0 without psutil)
+    anon_rss_bytes: int  # sampled peak of the summed anonymous RSS of the live tree (0 without psutil)
     gpu_peak_bytes: int | None  # None when not measured
 
     @property
@@ -51,6 +54,7 @@ class _TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval, self.gpu = pid, interval, gpu
         self.peak_rss = 0
+        self.peak_anon = 0
         self.peak_gpu = 0
         self.stop = threading.Event()
 
@@ -59,19 +63,27 @@ class _TreeSampler(threading.Thread):
         while not self.stop.is_set():
             if root is not None:
                 try:
-                    procs = [root, *root.children(recursive=True)]
-                    total = 0
-                    for p in procs:
-                        try:
-                            total += p.memory_info().rss
-                        except psutil.Error:
-                            pass
-                    self.peak_rss = max(self.peak_rss, total)
+                    rss = anon = 0
+                    for pid in [self.pid, *(c.pid for c in root.children(recursive=True))]:
+                        fields = _status_kib(pid)
+                        rss += fields.get("VmRSS", 0) * 1024
+                        anon += fields.get("RssAnon", 0) * 1024
+                    self.peak_rss = max(self.peak_rss, rss)
+                    self.peak_anon = max(self.peak_anon, anon)
                 except psutil.Error:
                     pass
             if self.gpu is not None:
                 self.peak_gpu = max(self.peak_gpu, self.gpu.used())
             self.stop.wait(self.interval)
+
+
+def _status_kib(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/PID/status (empty once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f) if v.strip().endswith("kB")}
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
 
 
 class _Gpu:
@@ -117,6 +129,7 @@ def run_measured(cmd: list[str], log: Path, *, env: dict[str, str] | None = None
         cpu_s=usage.ru_utime + usage.ru_stime,
         maxrss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
         tree_rss_bytes=sampler.peak_rss,
+        anon_rss_bytes=sampler.peak_anon,
         gpu_peak_bytes=max(0, sampler.peak_gpu - gpu_before) if gpu is not None else None,
     )
 

@@ -45,6 +45,7 @@ def size_table(size: dict, tools: list[str]) -> list[str]:
     if pair:
         columns.append(("RSS ratio (mergekit/het)",
                         lambda r: _ratio(r["mergekit"]["peak_rss_bytes"], r["het"]["peak_rss_bytes"])))
+    columns += [(f"{LABELS[t]} peak anon RSS", lambda r, t=t: _gib(r[t]["anon_rss_bytes"])) for t in tools]
     if gpu:
         columns += [(f"{LABELS[t]} GPU mem", lambda r, t=t: _gib(r[t]["gpu_peak_bytes"])) for t in tools]
     lines = ["| method | " + " | ".join(c[0] for c in columns) + (" | max abs Δ (float32) |" if pair else " |"),
