@@ -13,9 +13,24 @@ Flags `--overwrite` and `--resume` are accepted here too. Exit status 2 with a o
 on bad input (checked before training starts).
 """
 
+import argparse
 import sys
 
-from mergekit_het.cli import main
+from mergekit_het.commands import finetune as command
+from mergekit_het.errors import MergekitHetError
+
+
+def main(argv: list[str]) -> int:
+    """Same arguments as `mergekit-het finetune`, without importing the other CLI commands."""
+    parser = argparse.ArgumentParser(prog="finetune/finetune.py")
+    command.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["finetune", *argv])
+    try:
+        return command.run(args)
+    except MergekitHetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
 
 if __name__ == "__main__":
-    sys.exit(main(["finetune", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))

@@ -42,7 +42,8 @@ def test_finetune_dense_loss_goes_down_and_writes_expert(tiny_bert, toy_task, tm
 
 def test_finetune_talos_only_masked_entries_change(tiny_bert, toy_task, tmp_path):
     out = tmp_path / "talos"
-    info = finetune(_cfg(tiny_bert, toy_task, out, mode="talos", **{"talos.sparsity": 0.7, "train.max_steps": 15}))
+    info = finetune(_cfg(tiny_bert, toy_task, out, mode="talos",
+                         **{"talos.sparsity": 0.7, "train.max_steps": 15, "talos.max_examples": 8}))
     base, expert = load_file(tiny_bert / "model.safetensors"), load_file(out / "model.safetensors")
     masks = {k: v.bool() for k, v in load_file(out / "talos_mask.safetensors").items()}
     total = sum(m.numel() for m in masks.values())
@@ -86,7 +87,7 @@ def test_finetune_lora_adapter_loads_in_peft(tiny_bert, toy_task, tmp_path):
 
 
 def test_finetune_resume_equals_uninterrupted(tiny_bert, toy_task, tmp_path, monkeypatch):
-    over = {"train.checkpoint_every": 4, "train.max_steps": 10}
+    over = {"train.checkpoint_every": 4, "train.max_steps": 10, "talos.max_examples": 4}
     finetune(_cfg(tiny_bert, toy_task, tmp_path / "full", mode="talos", **over))
     real, calls = loop_mod.train_step, []
 
