@@ -9,12 +9,14 @@ Frozen-head protocol (shared/data/README.md): every task of the task file gets a
 the pretrained encoder's mean-pooled features; experts fine-tune the encoder under it; merges act
 on the encoder; task t is always scored with its own head. Stages, all through the toolkit:
 
-1. dense experts, one per task (`finetune/finetune.py`), which also fit the task's head;
+1. dense experts, one per task (the fine-tuning recipe, `jobs.py finetune`), which also fit
+   the task's head;
 2. undertrained experts and every TaLoS candidate, sharing that head (`head.path`);
 3. TaLoS selection on VALIDATION: each candidate's own-task accuracy against the dense expert's
-   and its cross-task matrix (`mergekit-het eval --config`, report split = validation);
-4. the comparison per expert kind (`mergekit-het eval --config`): base probe, experts, averaging,
-   task arithmetic, TIES, DARE-TIES (knobs swept on validation), cross-task matrix, on test;
+   and its cross-task matrix (`jobs.py compare` = `mergekit-het eval --config`, report split =
+   validation, full validation splits);
+4. the comparison per expert kind (`jobs.py compare`): base probe, experts, averaging, task
+   arithmetic, TIES (knobs swept on validation), cross-task matrix, reported on test;
 5. one table and heatmaps (`table.py`): OUT/merge_quality.md, .json, cross_task.png, accuracy.png.
 
 Finished experts and comparisons are kept, so a re-run resumes. `--deadline` (seconds from the
@@ -43,7 +45,7 @@ from bench.merge_quality import table  # noqa: E402
 from mergekit_het.errors import ConfigError  # noqa: E402
 from mergekit_het.tasks import load_task_file  # noqa: E402
 
-KINDS = ("dense", "undertrained", "talos")
+JOBS = Path(__file__).with_name("jobs.py")  # one finetune / compare job per process
 
 
 @dataclass
@@ -83,7 +85,7 @@ def run_jobs(jobs: list[Job], workers: int, logs: Path, deadline: float | None, 
 
 
 def finetune_job(name: str, spec: dict, overrides: list[str], out: Path) -> Job:
-    argv = [sys.executable, "finetune/finetune.py", spec["config"], *overrides, f"output.dir={out}",
+    argv = [sys.executable, str(JOBS), "finetune", spec["config"], *overrides, f"output.dir={out}",
             "output.overwrite=true"]
     return Job(name, argv, out / "expert.json")
 
@@ -91,10 +93,7 @@ def finetune_job(name: str, spec: dict, overrides: list[str], out: Path) -> Job:
 def compare_job(name: str, config: str, base: str, tasks_file: Path, experts: dict[str, Path], out: Path,
                 extra: list[str] = ()) -> Job:
     sets = [f"base={base}", f"tasks={tasks_file}", *(f"experts.{t}={p}" for t, p in experts.items()), *extra]
-    argv = [sys.executable, "-m", "mergekit_het.cli", "eval", "--config", config, "--out", str(out), "--overwrite"]
-    for s in sets:
-        argv += ["--set", s]
-    return Job(name, argv, out / "results.json")
+    return Job(name, [sys.executable, str(JOBS), "compare", config, str(out), *sets], out / "results.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(jobs2)
 
     # 3. TaLoS selection on validation (dense reference on the same splits)
-    select_extra = ["report_split=validation", "methods=[]"]
+    select_extra = ["report_split=validation", "methods=[]", *cfg.get("select_overrides", [])]
     sel = {k: compare_job(f"select_{k}", cfg["compare_config"], base, tasks_file, paths, out / "select" / k,
                           select_extra)
            for k, paths in {"dense": dense, **{f"talos_{v}": p for v, p in complete.items()}}.items()}
