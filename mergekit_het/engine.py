@@ -30,6 +30,7 @@ from .errors import ConfigError, TensorError
 from .io.resolve import check_reference, open_model
 from .io.sources import StateDictSource, TensorSource
 from .io.writer import ShardedWriter, check_output, parse_size, staged_output
+from .memory import reuse_freed_memory
 from .methods import MergeMethod, get_method
 from .output_files import copy_side_files, num_layers_of
 
@@ -154,6 +155,7 @@ def _check_finite(t: Tensor, name: str, label: str, policy: NanPolicy, seen: lis
 
 
 def _device(options: MergeOptions) -> torch.device:
+    reuse_freed_memory()
     device = torch.device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA device is available")

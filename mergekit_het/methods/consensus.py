@@ -20,7 +20,8 @@ def elect_sign(weighted: list[Tensor], how: Consensus = "sum", tie: float | Tens
     total = torch.zeros_like(weighted[0])
     for wd in weighted:
         total += wd if how == "sum" else wd.sign()
-    return torch.where(total == 0, tie, total.sign())
+    sign = total.sign_()
+    return sign.masked_fill_(sign == 0, tie) if tie != 0 else sign
 
 
 def disjoint_mean(weighted: list[Tensor], weights: list[float], sign: Tensor, normalize: bool) -> Tensor:
@@ -30,7 +31,7 @@ def disjoint_mean(weighted: list[Tensor], weights: list[float], sign: Tensor, no
     divisor = torch.zeros_like(weighted[0])
     for wd, w in zip(weighted, weights):
         agree = (wd * sign) > 0
-        mixed += torch.where(agree, wd, 0.0)
+        mixed += wd.masked_fill(~agree, 0.0)
         divisor.add_(agree, alpha=w)
     if not normalize:
         return mixed
