@@ -83,7 +83,7 @@ def sensitivity_scores(
                 y = int(torch.multinomial(probs, 1, generator=generator))
                 sampled.append(y)
                 grads = torch.autograd.grad(logits[y], plist, retain_graph=r + 1 < samples, allow_unused=True)
-                for (name, _), g in zip(params.items(), grads):
+                for (name, _), g in zip(params.items(), grads, strict=True):
                     if g is not None:
                         scores[name] += g.float().square()
     model.train(was_training)

@@ -1,6 +1,5 @@
 """TaLoS: closed-form score on a linear model, global low-score masks, nested schedule, masked AdamW."""
 
-import pytest
 import torch
 from torch import nn
 
@@ -85,7 +84,7 @@ def test_masked_adamw_unmasked_equals_torch_adamw():
     b = nn.Parameter(a.detach().clone())
     opt_a = MaskedAdamW([a], lr=0.1, weight_decay=0.3)
     opt_b = torch.optim.AdamW([b], lr=0.1, weight_decay=0.3, foreach=False)
-    for i in range(20):
+    for _ in range(20):
         g = torch.randn(5, 3)
         a.grad, b.grad = g.clone(), g.clone()
         opt_a.step(), opt_b.step()
