@@ -3,8 +3,9 @@
     python finetune/federated/compare.py runs/fed/fedavg runs/fed/fedprox runs/fed/ghbm \
         runs/fed/fed3r_fedavg --out runs/fed/compare.png
 
-Each argument is a `mergekit-het federated` output folder (its history.json); the legend uses
-the folder names. Prints a markdown table of accuracy at selected rounds.
+Each argument is a `mergekit-het federated` output folder (its history.json; for a run still in
+progress, the history of its last completed round in `.<name>.partial/state/meta.json`); the
+legend uses the folder names. Prints a markdown table of accuracy at selected rounds.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def main() -> None:
     args = ap.parse_args()
     curves = {}
     for run in args.runs:
-        hist = json.loads((run / "history.json").read_text())
+        done, live = run / "history.json", run.parent / f".{run.name}.partial" / "state" / "meta.json"
+        hist = json.loads(done.read_text()) if done.is_file() else json.loads(live.read_text())["history"]
         evals = [(h["round"], h["accuracy"]) for h in hist if "accuracy" in h]
         curves[run.name] = ([r for r, _ in evals], [a for _, a in evals])
     plot_curves(curves, args.out, title="Federated all-MiniLM-L6-v2: global test accuracy")
