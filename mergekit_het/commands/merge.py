@@ -10,7 +10,6 @@ import yaml
 from ..config import load_merge_config
 from ..engine import MergeOptions, run_merge
 from ..hub.card import write_merge_card
-from ..hub.upload import push_folder
 from .push import add_hub_options, hub_options
 
 
@@ -51,5 +50,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_merge(cfg, args.out, options, config_text=text, finalize=write_card)
     print(summary)
     if args.push_to_hub:
+        from ..hub.upload import push_folder  # the upload stack is imported only when used
+
         print(push_folder(args.out, args.push_to_hub, **hub_options(args)))
     return 0

@@ -12,8 +12,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..hub.upload import push_folder
-
 
 def add_hub_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `push` and `merge --push-to-hub`."""
@@ -45,5 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub.upload import push_folder  # the upload stack is imported only when used
+
     print(push_folder(args.out_dir, args.repo_id, dry_run=args.dry_run, **hub_options(args)))
     return 0
