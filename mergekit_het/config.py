@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
 from .methods import MergeMethod, Param, get_method
+from .yaml_config import read_yaml_mapping
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -86,18 +86,8 @@ def load_merge_config(source: str | Path | Mapping[str, Any]) -> MergeConfig:
     """Parse and validate a mergekit YAML file (or an already-parsed mapping)."""
     where = "config"
     if not isinstance(source, Mapping):
-        path = Path(source)
-        where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            source = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(source, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of {', '.join(TOP_LEVEL_KEYS)}")
+        where = str(source)
+        source = read_yaml_mapping(source)
     unknown = [k for k in source if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(TOP_LEVEL_KEYS)}")

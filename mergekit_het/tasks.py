@@ -23,10 +23,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .errors import ConfigError
+from .yaml_config import read_yaml_mapping
 
 SPLITS = ("train", "validation", "test")
 
@@ -85,13 +85,8 @@ def _resolve(task: TaskSpec, root: Path) -> TaskSpec:
 def load_task_file(path: str | Path, names: list[str] | None = None) -> list[TaskSpec]:
     """Read a YAML task file; `names` selects (and orders) a subset of its tasks."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"task file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict) or "tasks" not in raw:
+    raw = read_yaml_mapping(path, "task file")
+    if "tasks" not in raw:
         raise ConfigError(f"{path}: expected a mapping with a 'tasks' list")
     unknown = set(raw) - {"root", "tasks"}
     if unknown:
@@ -117,14 +112,7 @@ def load_split(task: TaskSpec, split: str):
 
     Checks the configured columns exist and labels lie in [0, num_labels).
     """
-    from datasets import load_dataset
-
-    file = task.split_file(split)
-    fmt = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(file.suffix)
-    if fmt is None:
-        raise ConfigError(f"task '{task.name}': {file} is not .csv/.json/.jsonl/.parquet")
-    kwargs = {"keep_default_na": False} if fmt == "csv" else {}
-    ds = load_dataset(fmt, data_files={split: str(file)}, split=split, **kwargs)
+    ds, file = _load_file(task, split)
     for col in (task.text_column, task.label_column):
         if col not in ds.column_names:
             raise ConfigError(
@@ -149,10 +137,17 @@ def num_labels_of(task: TaskSpec) -> int:
     """Number of classes: from the task entry / meta.json, else max train label + 1."""
     if task.num_labels is not None:
         return task.num_labels
+    ds, _ = _load_file(task, "train")
+    return int(max(ds[task.label_column])) + 1
+
+
+def _load_file(task: TaskSpec, split: str):
+    """The raw `datasets.Dataset` of one split file, and its path."""
     from datasets import load_dataset
 
-    file = task.split_file("train")
-    fmt = "csv" if file.suffix == ".csv" else ("json" if file.suffix in (".json", ".jsonl") else "parquet")
+    file = task.split_file(split)
+    fmt = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(file.suffix)
+    if fmt is None:
+        raise ConfigError(f"task '{task.name}': {file} is not .csv/.json/.jsonl/.parquet")
     kwargs = {"keep_default_na": False} if fmt == "csv" else {}
-    ds = load_dataset(fmt, data_files={"train": str(file)}, split="train", **kwargs)
-    return int(max(ds[task.label_column])) + 1
+    return load_dataset(fmt, data_files={split: str(file)}, split=split, **kwargs), file

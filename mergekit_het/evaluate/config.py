@@ -24,10 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
+from ..yaml_config import deep_update, parse_overrides, read_yaml_mapping, validate
 from ..tasks import SPLITS
 
 
@@ -71,42 +71,12 @@ class CompareConfig(BaseModel):
     seed: int = 0
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` overrides (values parsed as YAML) to a nested mapping in place."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
-        *parents, leaf = key.split(".")
-        node = raw
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a mapping")
-        node[leaf] = yaml.safe_load(value)
-    return raw
-
-
 def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
     """Parse and validate a comparison YAML (+ `key.sub=value` overrides); relative paths are
     resolved against the file's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"eval config {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    apply_overrides(raw, overrides or [])
-    try:
-        cfg = CompareConfig(**raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+    raw = deep_update(read_yaml_mapping(path, "eval config"), parse_overrides(overrides or []))
+    cfg = validate(CompareConfig, raw, str(path))
     here = path.parent
 
     def rel(p: str | Path) -> str:  # relative to the config file; else kept (a Hub id)
