@@ -13,6 +13,7 @@ server: {lr: 1.0, momentum: 0.0}         # FedAvg; momentum 0.9 = FedAvgM
 aggregate: {method: linear}              # any registered merge method; weight = client example count
 ghbm: {beta: 0.9, tau: 10}               # optional: Generalized Heavy-Ball Momentum
 fed3r: {init: true}                      # optional: closed-form ridge head before fine-tuning
+device: cuda                             # optional; client_devices: [cuda:0, cuda:1] trains clients in parallel
 output: {dir: runs/fed/austen_fedavg}
 ```
 Everything is checked here, before any weight is read: the merge method exists and its
@@ -45,6 +46,7 @@ class DataConfig(StrictModel):
     max_train_examples: int | None = Field(None, ge=1)  # seeded random subset of train
     max_eval_examples: int | None = Field(None, ge=1)  # first examples of the eval split (fixed)
     eval_split: Literal["validation", "test"] = "test"
+    extra_eval_splits: list[Literal["validation", "test"]] = []  # also scored (e.g. validation for selection)
 
 
 class PartitionConfig(StrictModel):
@@ -127,6 +129,9 @@ class FederatedConfig(StrictModel):
     eval_batch_size: int = Field(64, ge=1)
     seed: int = 0
     threads: int | None = Field(None, ge=1)
+    device: str = "cpu"  # where the in-process clients train and the global model is evaluated: cpu, cuda, cuda:1, auto
+    client_devices: list[str] = []  # one worker process per entry trains the round's clients in parallel
+    checkpoint_every: int = Field(1, ge=1)  # rounds between resumable round states
     resume: bool = True  # continue from the last completed round of an interrupted run
     output: OutputConfig
 
@@ -140,6 +145,10 @@ class FederatedConfig(StrictModel):
         if self.rounds == 0 and self.fed3r is None:
             raise ValueError("rounds: 0 only makes sense with fed3r (the closed-form classifier alone)")
         check_aggregate(self.aggregate)
+        for where, dev in [("device", self.device), *(("client_devices", d) for d in self.client_devices)]:
+            check_device(where, dev)
+        if self.data.eval_split in self.data.extra_eval_splits:
+            raise ValueError(f"data.extra_eval_splits repeats data.eval_split '{self.data.eval_split}'")
         return self
 
     @property
@@ -160,6 +169,13 @@ def check_aggregate(agg: AggregateConfig) -> None:
             raise ValueError(f"{where}: {agg.method} has no parameter(s) {unknown}; it takes {sorted(known)}")
     if "weight" in agg.model_parameters:
         raise ValueError("aggregate.model_parameters.weight is set per client from aggregate.weighting")
+
+
+def check_device(where: str, device: str) -> None:
+    """`auto`, `cpu`, `cuda` or `cuda:N` (ValueError otherwise; availability is checked at run time)."""
+    kind, _, index = device.partition(":")
+    if device != "auto" and (kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit()))):
+        raise ValueError(f"{where}: '{device}' is not a device; use auto, cpu, cuda or cuda:N")
 
 
 C = TypeVar("C", bound=BaseModel)

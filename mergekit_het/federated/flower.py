@@ -37,8 +37,9 @@ from ..errors import ConfigError
 from .client import ClientUpdate, train_client
 from .config import FederatedConfig, load_federated_config
 from .model import build_model, load_trainable, trainable_state
-from .runner import FederatedData, client_seed, evaluate_rows, load_data
+from .runner import FederatedData, evaluate_rows, load_data
 from .server import GHBMState, ServerOptimizer, aggregate, pseudo_gradient
+from .workers import client_seed
 
 MOMENTUM_KEY = "ghbm-momentum"
 

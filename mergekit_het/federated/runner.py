@@ -24,7 +24,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,13 @@ from ..finetune.io import check_output, publish, work_dir
 from ..modeling import HEAD_FILE, load_tokenizer, resolve_model
 from ..ridge import RidgeHead
 from ..tasks import load_split, load_task_file, num_labels_of
-from .client import train_client
 from .config import FederatedConfig
 from .fed3r import client_statistics, server_solve
 from .model import build_model, load_trainable, set_head, trainable_state
 from .partition import make_partition
 from .server import GHBMState, ServerOptimizer, aggregate, pseudo_gradient, sample_clients
 from .state import RoundState, load_state, save_state
+from .workers import RoundTask, make_trainer, resolve_device
 
 FED3R_FILE = "fed3r_head.safetensors"
 
@@ -64,6 +64,7 @@ class FederatedData:
     train: list[dict]  # tokenized rows with labels
     eval: list[dict]
     partition: list[list[int]]
+    extra_eval: dict[str, list[dict]] = field(default_factory=dict)  # split name -> tokenized rows
 
     def client_rows(self, k: int) -> list[dict]:
         return [self.train[i] for i in self.partition[k]]
@@ -77,33 +78,45 @@ def load_data(cfg: FederatedConfig) -> FederatedData:
     train = load_split(task, "train")
     if cfg.data.max_train_examples is not None and len(train) > cfg.data.max_train_examples:
         train = train.shuffle(seed=cfg.seed).select(range(cfg.data.max_train_examples))
-    ev = load_split(task, cfg.data.eval_split)
-    if cfg.data.max_eval_examples is not None and len(ev) > cfg.data.max_eval_examples:
-        ev = ev.select(range(cfg.data.max_eval_examples))
+
+    def eval_rows(split: str) -> list[dict]:
+        ev = load_split(task, split)
+        if cfg.data.max_eval_examples is not None and len(ev) > cfg.data.max_eval_examples:
+            ev = ev.select(range(cfg.data.max_eval_examples))
+        return tokenize(ev, tok, cfg.data.max_length)
+
     parts = make_partition(train["label"], cfg.partition, cfg.seed)
-    rows, ev_rows = tokenize(train, tok, cfg.data.max_length), tokenize(ev, tok, cfg.data.max_length)
-    return FederatedData(task.name, num_labels_of(task), tok, rows, ev_rows, parts)
+    extra = {s: eval_rows(s) for s in cfg.data.extra_eval_splits}
+    return FederatedData(task.name, num_labels_of(task), tok, tokenize(train, tok, cfg.data.max_length),
+                         eval_rows(cfg.data.eval_split), parts, extra)  # fmt: skip
 
 
 @torch.no_grad()
 def evaluate_rows(model: torch.nn.Module, rows: list[dict], tokenizer, batch_size: int, temperature: float) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of logits / T (batches of similar length, eval mode)."""
+    """Accuracy and mean cross-entropy of logits / T (batches of similar length, eval mode, on
+    the model's device)."""
+    device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     was_training = model.training
     model.eval()
     preds, labels, loss = [], [], 0.0
     for i in range(0, len(order), batch_size):
-        batch = collate([rows[j] for j in order[i : i + batch_size]], tokenizer)
+        batch = {k: v.to(device) for k, v in collate([rows[j] for j in order[i : i + batch_size]], tokenizer).items()}
         logits = model(batch) / temperature
         loss += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
-        preds.append(logits.argmax(-1))
-        labels.append(batch["labels"])
+        preds.append(logits.argmax(-1).cpu())
+        labels.append(batch["labels"].cpu())
     model.train(was_training)
     return {"accuracy": accuracy(torch.cat(preds), torch.cat(labels)), "loss": loss / len(rows)}
 
 
-def client_seed(seed: int, rnd: int, client: int) -> int:
-    return (seed * 1_000_003 + rnd * 10_007 + client) % (2**63)
+def evaluate_all(model: torch.nn.Module, data: FederatedData, cfg: FederatedConfig, temperature: float) -> dict[str, float]:
+    """The eval split's accuracy/loss, plus `<split>_accuracy`/`<split>_loss` of the extra splits."""
+    out = evaluate_rows(model, data.eval, data.tokenizer, cfg.eval_batch_size, temperature)
+    for split, rows in data.extra_eval.items():
+        res = evaluate_rows(model, rows, data.tokenizer, cfg.eval_batch_size, temperature)
+        out.update({f"{split}_{k}": v for k, v in res.items()})
+    return out
 
 
 def fed3r_init(cfg: FederatedConfig, model: torch.nn.Module, data: FederatedData, work: Path) -> RidgeHead:
@@ -112,7 +125,8 @@ def fed3r_init(cfg: FederatedConfig, model: torch.nn.Module, data: FederatedData
     if path.is_file():
         return RidgeHead.load(path)
     stats = (
-        client_statistics(model, data.client_rows(k), data.tokenizer, data.num_labels, cfg.eval_batch_size)
+        client_statistics(model, data.client_rows(k), data.tokenizer, data.num_labels, cfg.eval_batch_size,
+                          next(model.parameters()).device)
         for k in tqdm(range(cfg.partition.num_clients), desc="fed3r clients", leave=False)
     )
     head = server_solve(stats, cfg.fed3r.lam, cfg.fed3r.normalize)
@@ -134,9 +148,10 @@ def run_federated(
     resolve_model(cfg.model)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     data = load_data(cfg)
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg.model, cfg.protocol, data.num_labels, cfg.seed, data.tokenizer.pad_token_id)
+    model = build_model(cfg.model, cfg.protocol, data.num_labels, cfg.seed, data.tokenizer.pad_token_id).to(device)
     temperature = cfg.head_temperature
     if cfg.fed3r is not None:
         set_head(model, fed3r_init(cfg, model, data, work))
@@ -147,8 +162,8 @@ def run_federated(
     ghbm = GHBMState(cfg.ghbm.tau) if cfg.ghbm else None
     st = load_state(work) if cfg.resume else None
     if st is None:
-        st = RoundState(0, trainable_state(model))
-        st.history.append({"round": 0, **evaluate_rows(model, data.eval, data.tokenizer, cfg.eval_batch_size, temperature)})
+        st = RoundState(0, {k: v.cpu() for k, v in trainable_state(model).items()})
+        st.history.append({"round": 0, **evaluate_all(model, data, cfg, temperature)})
     else:
         server.load_state_dict(st.server)
         if ghbm is not None:
@@ -156,39 +171,33 @@ def run_federated(
         sampler.set_state(st.rng)
     x = st.global_state
     bar = tqdm(range(st.round, cfg.rounds), desc="rounds", initial=st.round, total=cfg.rounds, disable=not progress)
-    for rnd in bar:
-        start = time.perf_counter()
-        ids = sample_clients(cfg.partition.num_clients, cfg.clients_per_round, sampler)
-        if ghbm is not None:
-            ghbm.before_round(x)
-        updates = []
-        for k in ids:
-            load_trainable(model, x)
-            updates.append(train_client(
-                model, data.client_rows(k), data.tokenizer, client=k, lr=cfg.client.lr,
-                batch_size=cfg.client.batch_size, local_epochs=cfg.client.local_epochs,
-                local_steps=cfg.client.local_steps, weight_decay=cfg.client.weight_decay,
-                temperature=temperature, prox_mu=cfg.client.prox_mu,
-                ghbm_beta=cfg.ghbm.beta if cfg.ghbm else 0.0,
-                momentum=ghbm.momentum if ghbm is not None else None, seed=client_seed(cfg.seed, rnd, k),
-            ))  # fmt: skip
-        merged = aggregate(x, updates, cfg.aggregate, seed=cfg.seed + rnd)
-        x = server.step(x, pseudo_gradient(x, merged))
-        if ghbm is not None:
-            ghbm.after_round(x)
-        entry: dict[str, Any] = {
-            "round": rnd + 1, "clients": ids, "examples": [u.num_examples for u in updates],
-            "train_loss": sum(u.loss for u in updates) / len(updates),
-        }
-        if (rnd + 1) % cfg.eval_every == 0 or rnd + 1 == cfg.rounds:
-            load_trainable(model, x)
-            entry.update(evaluate_rows(model, data.eval, data.tokenizer, cfg.eval_batch_size, temperature))
-            bar.set_postfix(acc=f"{entry['accuracy']:.3f}")
-        entry["seconds"] = round(time.perf_counter() - start, 2)
-        st = RoundState(rnd + 1, x, server.state_dict(), ghbm.state_dict() if ghbm else {}, sampler.get_state(), st.history + [entry])
-        save_state(work, st)
-        if on_round is not None:
-            on_round(rnd + 1, entry)
+    with make_trainer(cfg, model, data, device) as trainer:
+        for rnd in bar:
+            start = time.perf_counter()
+            ids = sample_clients(cfg.partition.num_clients, cfg.clients_per_round, sampler)
+            if ghbm is not None:
+                ghbm.before_round(x)
+            updates = trainer.train(RoundTask(rnd, ids, x, ghbm.momentum if ghbm is not None else None))
+            merged = aggregate(x, updates, cfg.aggregate, seed=cfg.seed + rnd)
+            x = server.step(x, pseudo_gradient(x, merged))
+            if ghbm is not None:
+                ghbm.after_round(x)
+            entry: dict[str, Any] = {
+                "round": rnd + 1, "clients": ids, "examples": [u.num_examples for u in updates],
+                "train_loss": sum(u.loss for u in updates) / len(updates),
+                "train_seconds": round(time.perf_counter() - start, 3),
+            }  # fmt: skip
+            if (rnd + 1) % cfg.eval_every == 0 or rnd + 1 == cfg.rounds:
+                load_trainable(model, x)
+                entry.update(evaluate_all(model, data, cfg, temperature))
+                bar.set_postfix(acc=f"{entry['accuracy']:.3f}")
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+            st = RoundState(rnd + 1, x, server.state_dict(), ghbm.state_dict() if ghbm else {}, sampler.get_state(),
+                            st.history + [entry])  # fmt: skip
+            if (rnd + 1) % cfg.checkpoint_every == 0:
+                save_state(work, st)
+            if on_round is not None:
+                on_round(rnd + 1, entry)
     load_trainable(model, x)
     _write_output(cfg, model, data, st.history, work, temperature)
     return FederatedResult(st.history, x)
@@ -217,7 +226,7 @@ def save_model(model: torch.nn.Module, folder: Path, tokenizer, temperature: flo
     `EncoderWithFrozenHead.from_folder`); classifier: the HF model. Tokenizer alongside."""
     if hasattr(model, "encoder"):
         model.encoder.save_pretrained(folder)
-        RidgeHead(model.head.weight.detach().clone(), model.head.bias.detach().clone(),
+        RidgeHead(model.head.weight.detach().cpu().clone(), model.head.bias.detach().cpu().clone(),
                   {"temperature": str(temperature), "pooling": "mean"}).save(folder / HEAD_FILE)  # fmt: skip
     else:
         model.net.save_pretrained(folder)
