@@ -17,8 +17,8 @@ def elect_sign(weighted: list[Tensor], how: Consensus = "sum", tie: float | Tens
     elects + on a tie (tie=1); the TIES paper uses the model-wide majority sign. Accumulates in
     model order, so the election equals mergekit's stacked sum bit for bit.
     """
-    total = torch.zeros_like(weighted[0])
-    for wd in weighted:
+    total = weighted[0].clone() if how == "sum" else weighted[0].sign()
+    for wd in weighted[1:]:
         total += wd if how == "sum" else wd.sign()
     sign = total.sign_()
     return sign.masked_fill_(sign == 0, tie) if tie != 0 else sign
@@ -27,13 +27,15 @@ def elect_sign(weighted: list[Tensor], how: Consensus = "sum", tie: float | Tens
 def disjoint_mean(weighted: list[Tensor], weights: list[float], sign: Tensor, normalize: bool) -> Tensor:
     """Σᵢ wᵢδᵢ·aᵢ, divided (if `normalize`) by Σᵢ wᵢ·aᵢ, where aᵢ marks entries of model i whose
     sign equals the elected one (trimmed zeros never agree). A zero divisor becomes 1."""
+    # In the elected direction: wδ·sign is positive exactly where model i agrees, so its
+    # positive part is the agreeing magnitude and sign() of that is the 0/1 agreement mask.
     mixed = torch.zeros_like(weighted[0])
     divisor = torch.zeros_like(weighted[0])
     for wd, w in zip(weighted, weights):
-        agree = (wd * sign) > 0
-        mixed += wd.masked_fill(~agree, 0.0)
-        divisor.add_(agree, alpha=w)
+        agreeing = (wd * sign).clamp_(min=0)
+        mixed += agreeing
+        divisor.add_(agreeing.sign_(), alpha=w)
+    mixed *= sign
     if not normalize:
         return mixed
-    divisor[divisor == 0] = 1
-    return mixed / divisor
+    return mixed.div_(divisor.masked_fill_(divisor == 0, 1))

@@ -35,7 +35,7 @@ def keep_top_magnitude(delta: Tensor, density: float) -> Tensor:
     if at_or_above > k:  # ties at the threshold: drop the last ones by index
         ties = torch.nonzero(mag == threshold).reshape(-1)
         keep[ties[ties.numel() - (at_or_above - k):]] = False
-    return delta.masked_fill(~keep.view_as(delta), 0.0)
+    return delta * keep.view_as(delta)
 
 
 def _kth_largest(values: Tensor, k: int) -> tuple[Tensor, int]:
