@@ -153,7 +153,7 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
           f"write {floor['output_bytes'] / 1e9:.2f} GB in {floor['write_s']:.2f} s = {floor['floor_s']:.2f} s")
     gpu = open_gpu() if args.device == "cuda" else None
     env = child_env()
-    rows = []
+    rows, loads = [], []
     for name in args.methods:
         method = METHODS[name]
         config = work / "configs" / f"{tag}-{name}.yml"
@@ -169,6 +169,7 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
                 log = work / "logs" / f"{tag}-{name}-{tool.key}-{r}.log"
                 extra = args.mergekit_extra if tool.key == "mergekit" else args.het_extra
                 cmd = tool.merge_cmd(config, outs[tool.key], args.device, args.threads, extra)
+                loads.append(os.getloadavg()[0])  # other work on the machine skews wall times: say how much
                 m = run_measured(cmd, log, env=env, cwd=REPO, gpu=gpu)
                 runs[tool.key].append(m)
                 status = "ok" if m.returncode == 0 else f"FAILED rc={m.returncode}, log {log}"
@@ -188,7 +189,8 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
             for out in outs.values():
                 shutil.rmtree(out, ignore_errors=True)
         rows.append(row)
-    return {"tag": tag, "spec": asdict(spec), "params_per_model": spec.shape.params, "floor": floor, "methods": rows}
+    return {"tag": tag, "spec": asdict(spec), "params_per_model": spec.shape.params, "floor": floor, "methods": rows,
+            "load_1min": loads}
 
 
 def machine_info(device: str) -> dict:

@@ -55,6 +55,9 @@ def size_table(size: dict, tools: list[str]) -> list[str]:
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     f = size["floor"]
     lines.append("")
+    if size.get("load_1min"):
+        lines.append(f"1-minute load average when each run started: {min(size['load_1min']):.1f} to "
+                     f"{max(size['load_1min']):.1f} (other processes on the machine; wall times grow with it, CPU times much less).")
     lines.append(f"Floor: warm read of all inputs ({f['input_bytes'] / 1e9:.2f} GB) {f['read_s']:.2f} s + write of "
                  f"one output-sized file ({f['output_bytes'] / 1e9:.2f} GB) {f['write_s']:.2f} s = **{f['floor_s']:.2f} s**.")
     return lines
