@@ -139,7 +139,8 @@ def run_federated(
     cfg: FederatedConfig, on_round: Callable[[int, dict[str, Any]], None] | None = None, progress: bool = True
 ) -> FederatedResult:
     """Run (or resume) the configured federated training; publishes `cfg.output.dir` (history,
-    accuracy plot, partition, final model) when complete."""
+    accuracy plot, partition, final model) when complete. `on_round(t, entry)` is called after
+    every round t (and with t = 0 and the initial evaluation on a fresh start)."""
     out = Path(cfg.output.dir)
     work = work_dir(out)
     if not (cfg.resume and (work / "state").is_dir()):
@@ -164,6 +165,8 @@ def run_federated(
     if st is None:
         st = RoundState(0, {k: v.cpu() for k, v in trainable_state(model).items()})
         st.history.append({"round": 0, **evaluate_all(model, data, cfg, temperature)})
+        if on_round is not None:
+            on_round(0, st.history[0])
     else:
         server.load_state_dict(st.server)
         if ghbm is not None:
