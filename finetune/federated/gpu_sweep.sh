@@ -10,12 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-runs/fed/gpu_sweep}" work=/tmp/fed_sweep
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 python3 bench/merge_quality/carry.py unpack runs/fed_carry /tmp/base ../shared/data
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
 python3 finetune/federated/sweep.py finetune/federated/minilm_austen_full.yaml model=/tmp/base \
     --variants finetune/federated/methods.yaml --grid "${GRID:-client.lr=0.01,0.05}" --out "$work" \
-    --deadline "${DEADLINE:-300}" --precision high "$@" | tee "$out/table_stdout.md"
-cp "$work/table.md" "$work/results.json" "$work/accuracy.png" "$out/"
+    --deadline "${DEADLINE:-300}" --precision high "$@" | tee "$out/table_stdout.md" || echo "sweep failed: $?"
 tar czf "$out/logs.tgz" -C "$work" $(cd "$work" && ls *.log *.jsonl)
+cp "$work/table.md" "$work/results.json" "$work/accuracy.png" "$out/" || true

@@ -81,10 +81,17 @@ def _evals(path: Path) -> list[dict]:
     return [r for r in rows if "accuracy" in r]
 
 
+def _failure(log: Path) -> str:
+    """The last line of a run's log (its error), or why there is none."""
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()] if log.is_file() else []
+    return lines[-1].strip().replace("|", "/")[:200] if lines else "no log"
+
+
 def report(out: Path, runs: dict[str, tuple[str, str]], targets: list[float]) -> str:
     """Choose per variant on validation; write results.json, accuracy.png; return the markdown table."""
-    hist = {name: _evals(out / f"{name}.jsonl") for name in runs}
-    hist = {n: h for n, h in hist.items() if h}
+    every = {name: _evals(out / f"{name}.jsonl") for name in runs}
+    failed = {n: _failure(out / f"{n}.log") for n, h in every.items() if len(h) < 2}
+    hist = {n: h for n, h in every.items() if n not in failed}
     common = min(h[-1]["round"] for h in hist.values())
     window = [r for r in {e["round"] for h in hist.values() for e in h} if common * 3 / 4 <= r <= common and r > 0]
 
@@ -110,9 +117,11 @@ def report(out: Path, runs: dict[str, tuple[str, str]], targets: list[float]) ->
                f"{mean_at(h, 'validation_accuracy'):.3f}", *(str(r) if r is not None else f">{common}" for r in reach),
                f"{sum(secs) / len(secs):.2f}" if secs else "-"]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
+    lines += [f"| {runs[n][0]} | {runs[n][1]} | failed: {why} |" + " |" * (len(head) - 3) for n, why in failed.items()]
     table = "\n".join(lines)
     (out / "results.json").write_text(json.dumps({"common_rounds": common, "selection_rounds": sorted(window),
-                                                  "chosen": chosen, "runs": runs, "history": hist}, indent=1))  # fmt: skip
+                                                  "chosen": chosen, "runs": runs, "failed": failed, "history": every},
+                                                 indent=1))  # fmt: skip
     _plot(out / "accuracy.png", hist, runs, chosen, common)
     (out / "table.md").write_text(table + "\n")
     return table
