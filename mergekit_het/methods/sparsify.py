@@ -14,14 +14,19 @@ RescaleNorm = Literal["l1", "density"]
 
 
 _RADIX_MIN = 1 << 20
+ARGSORT_TIES = 256
 
 
 def keep_top_magnitude(delta: Tensor, density: float) -> Tensor:
     """Keep exactly k = floor(density * numel) entries of largest |delta|, zero the rest.
 
-    Per tensor, as mergekit (the TIES paper trims over the whole model). Entries tied at the
-    threshold are kept in index order until k are kept (mergekit breaks such ties by argsort
-    order, which torch does not specify). density >= 1 returns `delta` itself.
+    Per tensor, as mergekit 0.1 (the TIES paper trims over the whole model: `ties_paper`).
+    The threshold comes from a selection, not a sort. Entries tied at the threshold: mergekit
+    keeps whichever its `argsort(descending=True)` puts first, an order torch does not specify.
+    When at most `ARGSORT_TIES` entries tie, the same argsort call picks them here too, so
+    float32 merges equal mergekit's bit for bit; a larger tie group (typical of bf16 inputs,
+    where mergekit's bf16 arithmetic differs anyway) keeps the lowest indices instead of paying
+    for a full sort. density >= 1 returns `delta` itself.
     """
     if density >= 1:
         return delta
@@ -32,9 +37,13 @@ def keep_top_magnitude(delta: Tensor, density: float) -> Tensor:
     mag = delta.abs().reshape(-1)
     threshold, at_or_above = _kth_largest(mag, k)
     keep = mag >= threshold
-    if at_or_above > k:  # ties at the threshold: drop the last ones by index
+    surplus = at_or_above - k
+    if 0 < surplus and int((mag == threshold).sum()) <= ARGSORT_TIES:
+        keep = torch.zeros_like(keep)
+        keep[torch.argsort(mag, descending=True)[:k]] = True
+    elif surplus > 0:
         ties = torch.nonzero(mag == threshold).reshape(-1)
-        keep[ties[ties.numel() - (at_or_above - k):]] = False
+        keep[ties[ties.numel() - surplus :]] = False
     return delta * keep.view_as(delta)
 
 

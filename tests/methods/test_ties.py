@@ -116,3 +116,14 @@ def test_keep_top_magnitude_radix_path_matches_sort_on_large_tensor():
         threshold = x.abs().sort(descending=True).values[k - 1]
         assert bool((kept[kept != 0].abs() >= threshold).all())
         assert int((x.abs() > threshold).sum()) <= int((kept.abs() > threshold).sum())
+
+
+def test_keep_top_magnitude_few_ties_follow_argsort_like_mergekit():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3_000_000, generator=g)
+    x[::500_000] = 0.5  # six exact ties, straddling the threshold below
+    density = float((x.abs() > 0.5).sum() + 3) / x.numel()
+    k = int(density * x.numel())
+    expected = torch.zeros(x.numel(), dtype=torch.bool)
+    expected[torch.argsort(x.abs(), descending=True)[:k]] = True  # mergekit's sparsify.magnitude
+    assert torch.equal(keep_top_magnitude(x, density) != 0, expected)
