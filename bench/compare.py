@@ -24,6 +24,7 @@ import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -201,7 +202,20 @@ def machine_info(device: str) -> dict:
             "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    info["mergekit_het_commit"] = het_commit()
     return info
+
+
+def het_commit() -> str:
+    """The repo's commit, with '+dirty' when mergekit_het/ has uncommitted changes ('' outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "mergekit_het"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

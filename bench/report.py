@@ -122,7 +122,8 @@ def write_report(results: dict, out: Path) -> str:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     m, tools = results["machine"], results["tools"]
     lines = [f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['memory_bytes'] / 2**30:.0f} GiB RAM, "
-             f"torch {m['torch']}, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "") + f"; {results['started']}.",
+             f"torch {m['torch']}, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "") + f"; {results['started']}"
+             + (f"; mergekit-het at {m['mergekit_het_commit']}." if m.get("mergekit_het_commit") else "."),
              "Startup (`--help`, imports only): " + ", ".join(f"{LABELS[k]} {v:.2f} s" for k, v in results["startup_s"].items())
              + f". Wall time is the median of {results['repeat']} run(s); peak RSS the max over runs.", ""]
     for size in results["sizes"]:
