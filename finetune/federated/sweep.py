@@ -136,14 +136,16 @@ def _plot(path: Path, hist: dict, runs: dict, chosen: dict, common: int) -> None
     values = sorted({g for _, g in runs.values()}, key=float)
     fig, axes = plt.subplots(1, len(values) + 1, figsize=(5.5 * (len(values) + 1), 4.2), sharey=True)
     panels = [("chosen lr (validation)", set(chosen.values()))] + [(f"client lr {g}", {n for n in hist if runs[n][1] == g}) for g in values]
+    variants = list(dict.fromkeys(v for v, _ in runs.values()))
+    color = {v: f"C{i}" for i, v in enumerate(variants)}  # one colour per variant in every panel
     for ax, (title, names) in zip(axes, panels):
-        for name in sorted(names & set(hist), key=lambda n: list(chosen).index(runs[n][0])):
+        for name in sorted(names & set(hist), key=lambda n: variants.index(runs[n][0])):
             h = [e for e in hist[name] if e["round"] <= common]
             label = runs[name][0] + (f" (lr {runs[name][1]})" if title.startswith("chosen") else "")
-            ax.plot([e["round"] for e in h], [e["accuracy"] for e in h], label=label, lw=1.4)
+            ax.plot([e["round"] for e in h], [e["accuracy"] for e in h], label=label, lw=1.4, color=color[runs[name][0]])
         ax.set(title=title, xlabel="round", ylabel="test accuracy")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+        ax.legend(fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
