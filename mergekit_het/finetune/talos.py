@@ -137,16 +137,23 @@ def calibrate_masks(
 ) -> dict[str, torch.Tensor]:
     """Boolean masks (True = trainable) over `prunable_parameters(model)` after `rounds` rounds
     with targets (1 − sparsity)^(r/rounds). `reduce` sums scores across processes (each process
-    scores its own shard of the calibration data)."""
+    scores its own shard of the calibration data). Parameters that get no gradient at all in the
+    first round (unused by the task) are frozen and left out of the count, so the whole budget
+    goes to parameters that can learn."""
     params = prunable_parameters(model)
     keep = 1.0 - sparsity
     masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
     generator = torch.Generator().manual_seed(seed)
+    dead: set[str] = set()
     for r in range(1, rounds + 1):
         with frozen_scaled(params, masks, frozen_scale):
             scores, _ = sensitivity_scores(model, params, make_batches(), generator, samples, progress=progress)
         scores = {n: reduce(s) for n, s in scores.items()}
-        masks = prune_step(scores, masks, keep ** (r / rounds))
+        if r == 1:  # parameters the task never uses (e.g. BERT's pooler under mean pooling)
+            dead = {n for n, s in scores.items() if not bool(s.any())}
+        live = {n: scores[n] for n in scores if n not in dead}
+        masks = prune_step(live, {n: masks[n] for n in live}, keep ** (r / rounds))
+        masks.update({n: torch.zeros_like(params[n], dtype=torch.bool) for n in dead})
     return masks
 
 
