@@ -19,6 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
@@ -43,7 +44,7 @@ class MergeOptions:
 
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads (None: torch's default)
-    prefetch: int = 2  # tensor names read ahead of the one being merged
+    prefetch: int = 1  # tensor names read ahead of the one being merged
     max_shard_size: str | int = "5GB"
     overwrite: bool = False
     allow_pickle: bool = False
@@ -181,18 +182,39 @@ def _stream(plan: MergePlan, readers: ThreadPoolExecutor, depth: int, pin: bool)
         yield name, fut.result()
 
 
+class _Upcast(Sequence[Tensor]):
+    """The models' tensors, kept in their stored dtype and handed out in float32 one at a time,
+    so a method that walks them holds one float32 copy at a time, not one per model."""
+
+    def __init__(self, tensors: list[Tensor]):
+        self._tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [_as_float(t) for t in self._tensors[i]]
+        return _as_float(self._tensors[i])
+
+
+def _as_float(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _float_inputs(plan: MergePlan, name: str, raw: list[Tensor], device: torch.device, options: MergeOptions, seen: list[str]):
-    """(base, tensors) in float32 on `device`, NaN/Inf-checked; None for non-float tensors."""
+    """(base, tensors) on `device`, NaN/Inf-checked, arithmetic in float32 (the base converted,
+    the models converted as the method reads them); None for non-float tensors."""
     if not raw[0].is_floating_point():
         return None
     inputs = []
     for t, src in zip(raw, plan.sources):
-        t = t.to(device, non_blocking=True).to(torch.float32 if t.dtype != torch.float64 else t.dtype)
+        t = t.to(device, non_blocking=True)
         _check_finite(t, name, src.label, options.nan_policy, seen)
         inputs.append(t)
     if plan.base is not None:
-        return inputs[0], inputs[1:]
-    return None, inputs
+        return _as_float(inputs[0]), _Upcast(inputs[1:])
+    return None, _Upcast(inputs)
 
 
 def _model_statistics(plan: MergePlan, readers: ThreadPoolExecutor, device: torch.device, options: MergeOptions, seen: list[str]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--device", default="cpu", help="where the arithmetic runs: cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch compute threads (default: torch's)")
-    p.add_argument("--prefetch", type=int, default=2, help="tensor groups read ahead (default 2)")
+    p.add_argument("--prefetch", type=int, default=1, help="tensor groups read ahead (default 1)")
     p.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB, 500MB (default 5GB)")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (can run code)")
     p.add_argument("--nan-policy", choices=["error", "warn", "ignore"], default="error",

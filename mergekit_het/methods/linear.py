@@ -17,7 +17,7 @@ def linear(base: None, tensors: list[Tensor], *, weight: PerModel, normalize: bo
     """
     total = sum(weight) if normalize else 1.0
     coeffs = [w / total for w in weight]
-    out = tensors[0] * coeffs[0]
-    for t, c in zip(tensors[1:], coeffs[1:]):
-        out.add_(t, alpha=c)
+    out = None
+    for t, c in zip(tensors, coeffs):  # one model at a time (the engine upcasts them lazily)
+        out = t * c if out is None else out.add_(t, alpha=c)
     return out
