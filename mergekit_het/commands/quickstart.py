@@ -93,7 +93,7 @@ def _compare(base: Path, n: int) -> Path:
         methods=[
             MethodSpec(name="average", method="linear"),
             MethodSpec(name="task_arithmetic", method="task_arithmetic", grid={"lambda": [0.3, 0.5, 0.7, 1.0]}),
-            MethodSpec(name="ties", method="ties", grid={"density": [0.2, 0.3], "lambda": [0.8, 1.0, 1.2, 1.5]}),
+            MethodSpec(name="ties", method="ties", grid={"density": [0.2, 0.3], "lambda": [1.0, 1.5]}),
         ],
         max_examples={"validation": n, "test": n}, max_length=64, batch_size=128,
     )  # fmt: skip
