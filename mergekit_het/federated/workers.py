@@ -19,7 +19,7 @@ import os
 import queue
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.multiprocessing as mp
@@ -81,7 +81,7 @@ class LocalTrainer:
     def train(self, task: RoundTask) -> list[ClientUpdate]:
         return train_clients(self.model, self.data, self.cfg, task, self.device)
 
-    def __enter__(self) -> LocalTrainer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,7 +154,7 @@ class WorkerPool:
         order = {k: j for j, k in enumerate(task.clients)}
         return sorted(updates, key=lambda u: order[u.client])
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

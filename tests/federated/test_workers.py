@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from fed_fixtures import NUM_LABELS
 
 from mergekit_het.errors import ConfigError, MergekitHetError
-from fed_fixtures import NUM_LABELS
 from mergekit_het.federated import load_federated_config, run_federated
 from mergekit_het.federated.model import build_model, trainable_state
 
