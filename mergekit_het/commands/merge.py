@@ -9,7 +9,6 @@ import yaml
 
 from ..config import load_merge_config
 from ..engine import MergeOptions, run_merge
-from ..hub.card import write_merge_card
 from .push import add_hub_options, hub_options
 
 
@@ -44,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     text = args.config.read_text()
 
     def write_card(folder: Path) -> None:
+        from ..hub.card import write_merge_card  # huggingface_hub is imported only here
+
         models = [m.model for m in cfg.models]
         write_merge_card(folder, text, yaml.safe_load(text), cfg.base_model, models, cfg.merge_method)
 

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from huggingface_hub import split_torch_state_dict_into_shards
-from huggingface_hub.constants import SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 
 from ..errors import ConfigError, TensorError
 from .format import build_header
 
-_PATTERN = SAFETENSORS_SINGLE_FILE.replace(".safetensors", "{suffix}.safetensors")
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"  # huggingface_hub.constants' names
+_PATTERN = "model{suffix}.safetensors"
 
 
 def parse_size(text: str | int) -> int:
@@ -50,6 +49,8 @@ class ShardedWriter:
         max_shard_size: int,
         metadata: dict[str, str] | None = None,
     ):
+        from huggingface_hub import split_torch_state_dict_into_shards  # imported when writing, not at start-up
+
         self.folder = folder
         meta_tensors = {name: torch.empty(shape, dtype=dtype, device="meta") for name, dtype, shape in entries}
         split = split_torch_state_dict_into_shards(meta_tensors, filename_pattern=_PATTERN, max_shard_size=max_shard_size)
