@@ -23,13 +23,12 @@ parameters bind, the partition can be built, clients per round fit the populatio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ConfigError
-from ..finetune.config import parse_overrides
+from ..yaml_config import load_config
 from ..methods import get_method
 
 
@@ -176,45 +175,6 @@ def check_device(where: str, device: str) -> None:
     kind, _, index = device.partition(":")
     if device != "auto" and (kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit()))):
         raise ValueError(f"{where}: '{device}' is not a device; use auto, cpu, cuda or cuda:N")
-
-
-C = TypeVar("C", bound=BaseModel)
-
-
-def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    for k, v in upd.items():
-        base[k] = _deep_update(dict(base.get(k) or {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict | None) else v
-    return base
-
-
-def load_config(cls: type[C], source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> C:
-    """Read a YAML file (or dict), apply `key.sub=value` overrides, validate as `cls`; every
-    problem is reported at once on one line naming the file and key."""
-    where = "config"
-    if isinstance(source, dict):
-        raw = dict(source)
-    else:
-        where = str(source)
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = _deep_update(raw, parse_overrides(overrides or []))
-    try:
-        return cls(**raw)
-    except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
-            msgs.append(f"{loc}: {msg}{got}" if loc else msg)
-        raise ConfigError(f"{where}: " + "; ".join(msgs)) from None
 
 
 def load_federated_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> FederatedConfig:

@@ -18,10 +18,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import ConfigError
+from ..yaml_config import load_config
 
 
 class _Strict(BaseModel):
@@ -125,53 +124,6 @@ class FinetuneConfig(_Strict):
         return self
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """`["train.lr=1e-4", "mode=talos"]` → nested dict; values parsed as YAML scalars/lists."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{part}'")
-        node[leaf] = yaml.safe_load(value) if value else ""
-    return out
-
-
-def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    for k, v in upd.items():
-        base[k] = _deep_update(dict(base.get(k) or {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict | None) else v
-    return base
-
-
 def load_finetune_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> FinetuneConfig:
     """Read and validate a config; every problem is reported at once on one line."""
-    where = "config"
-    if isinstance(source, dict):
-        raw = dict(source)
-    else:
-        where = str(source)
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = _deep_update(raw, parse_overrides(overrides or []))
-    try:
-        return FinetuneConfig(**raw)
-    except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
-            msgs.append(f"{loc}: {msg}{got}" if loc else msg)
-        raise ConfigError(f"{where}: " + "; ".join(msgs)) from None
+    return load_config(FinetuneConfig, source, overrides)

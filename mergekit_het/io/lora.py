@@ -13,7 +13,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError
