@@ -3,8 +3,8 @@
 glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh `mmap`s and
 returns them on free, so every temporary of a large tensor op costs page faults on first touch
 (about a third of the time of a simple op on a 32 MB tensor, measured here). Raising the
-thresholds lets the heap reuse freed blocks; resident memory then tracks the peak working set
-(a few tensor groups in the merge engine), which is bounded anyway.
+thresholds lets the heap reuse freed blocks of up to 64 MiB; larger ones are still unmapped,
+so resident memory stays near the peak working set (a few tensor groups).
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ M_MMAP_THRESHOLD = -3
 _done = False
 
 
-def reuse_freed_memory(limit: int = 1 << 30) -> bool:
-    """mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD, `limit`) on glibc; a no-op elsewhere."""
+def reuse_freed_memory(limit: int = 64 << 20) -> bool:
+    """mallopt(M_MMAP_THRESHOLD = `limit`, M_TRIM_THRESHOLD = 2·`limit`) on glibc; a no-op elsewhere.
+
+    Measured on base + 3 Llama-270M bf16 (2 cores): TIES 105.8 s with glibc's defaults, 16.5 s
+    with 64 MiB (peak RSS 2.01 → 2.08 GiB), 15.8 s with 1 GiB (peak RSS 2.84 GiB)."""
     global _done
     if _done or not sys.platform.startswith("linux"):
         return _done
