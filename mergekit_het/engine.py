@@ -141,14 +141,25 @@ def _generator(seed: int, name: str, device: torch.device) -> torch.Generator:
     return g
 
 
-def _check_finite(t: Tensor, name: str, label: str, policy: NanPolicy, seen: list[str]) -> None:
+def _is_finite(t: Tensor) -> bool:
     """NaN and ±Inf propagate to min/max: one reduction pass, no temporary tensor."""
-    if policy == "ignore" or not t.is_floating_point() or t.numel() == 0:
-        return
+    if t.numel() == 0:
+        return True
     lo, hi = t.aminmax()
-    if bool(torch.isfinite(lo) & torch.isfinite(hi)):
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def _check_finite(merged: Tensor, raw: list[Tensor], plan: MergePlan, name: str, policy: NanPolicy, seen: list[str]) -> None:
+    """Check the merged tensor (NaN/Inf in an input propagates through every method's
+    arithmetic, even into trimmed or dropped entries: NaN·0 = NaN); only if it is not finite are
+    the inputs checked, to name the model at fault, or the merge itself (e.g. Σw = 0)."""
+    if policy == "ignore" or _is_finite(merged):
         return
-    msg = f"{name}: model {label} holds NaN or Inf values"
+    bad = [src.label for t, src in zip(raw, plan.sources) if not _is_finite(t.float())]
+    if bad:
+        msg = f"{name}: model {bad[0]} holds NaN or Inf values"
+    else:
+        msg = f"{name}: {plan.method.name} produced NaN or Inf from finite inputs (weights summing to 0?)"
     if policy == "error":
         raise TensorError(msg + " (pass --nan-policy warn to merge anyway)")
     seen.append(msg)
@@ -202,29 +213,25 @@ def _as_float(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def _float_inputs(plan: MergePlan, name: str, raw: list[Tensor], device: torch.device, options: MergeOptions, seen: list[str]):
-    """(base, tensors) on `device`, NaN/Inf-checked, arithmetic in float32 (the base converted,
-    the models converted as the method reads them); None for non-float tensors."""
+def _float_inputs(plan: MergePlan, raw: list[Tensor], device: torch.device):
+    """(base, tensors) on `device`, arithmetic in float32 (the base converted, the models
+    converted as the method reads them); None for non-float tensors."""
     if not raw[0].is_floating_point():
         return None
-    inputs = []
-    for t, src in zip(raw, plan.sources):
-        t = t.to(device, non_blocking=True)
-        _check_finite(t, name, src.label, options.nan_policy, seen)
-        inputs.append(t)
+    inputs = [t.to(device, non_blocking=True) for t in raw]
     if plan.base is not None:
         return _as_float(inputs[0]), _Upcast(inputs[1:])
     return None, _Upcast(inputs)
 
 
-def _model_statistics(plan: MergePlan, readers: ThreadPoolExecutor, device: torch.device, options: MergeOptions, seen: list[str]) -> dict[str, Any]:
+def _model_statistics(plan: MergePlan, readers: ThreadPoolExecutor, device: torch.device, options: MergeOptions) -> dict[str, Any]:
     """Run the method's model passes (full streaming reads each) and collect their outputs."""
     stats: dict[str, Any] = {}
     for i, mp in enumerate(plan.method.passes):
         state = mp.start(len(plan.models))
         bar = tqdm(total=len(plan.names), unit="tensor", desc=f"model pass {i + 1}/{len(plan.method.passes)}", disable=not options.progress)
         for name, raw in _stream(plan, readers, options.prefetch, device.type == "cuda"):
-            inputs = _float_inputs(plan, name, raw, device, options, seen)
+            inputs = _float_inputs(plan, raw, device)
             if inputs is not None:
                 try:
                     mp.update(state, *inputs, {**plan.resolver.for_tensor(name), **stats})
@@ -243,7 +250,7 @@ def execute(plan: MergePlan, sink, options: MergeOptions) -> MergeSummary:
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, options.prefetch), thread_name_prefix="read") as readers, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer:  # fmt: skip
-        stats = _model_statistics(plan, readers, device, options, summary.warnings)
+        stats = _model_statistics(plan, readers, device, options)
         writes: deque[Future] = deque()
         bar = tqdm(total=len(plan.names), unit="tensor", desc="merging", disable=not options.progress)
         for name, raw in _stream(plan, readers, options.prefetch, device.type == "cuda"):
@@ -263,7 +270,7 @@ def execute(plan: MergePlan, sink, options: MergeOptions) -> MergeSummary:
 
 def _merge_one(plan: MergePlan, name: str, raw: list[Tensor], device: torch.device, options: MergeOptions,
                seen: list[str], stats: dict[str, Any]) -> Tensor:  # fmt: skip
-    inputs = _float_inputs(plan, name, raw, device, options, seen)
+    inputs = _float_inputs(plan, raw, device)
     if inputs is None:
         if any(not torch.equal(raw[0], t) for t in raw[1:]):
             raise TensorError(f"{name}: non-float tensor differs between models; it cannot be merged")
@@ -275,6 +282,7 @@ def _merge_one(plan: MergePlan, name: str, raw: list[Tensor], device: torch.devi
         merged = plan.method(base, tensors, generator=gen, **plan.resolver.for_tensor(name), **public)
     except (ValueError, RuntimeError) as exc:
         raise TensorError(f"{name}: {plan.method.name} failed: {exc}") from None
+    _check_finite(merged, raw, plan, name, options.nan_policy, seen)
     return merged.to(plan.out_dtypes[name])
 
 

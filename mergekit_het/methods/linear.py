@@ -9,13 +9,15 @@ from .registry import PerModel, merge_method
 
 @merge_method("linear", paper="arXiv:2203.05482", base="none")
 def linear(base: None, tensors: list[Tensor], *, weight: PerModel, normalize: bool = True) -> Tensor:
-    """Σᵢ wᵢθᵢ, divided by Σᵢ wᵢ if `normalize` (as mergekit 0.1, Σw = 0 is not guarded).
+    """Σᵢ wᵢθᵢ, divided by Σᵢ wᵢ if `normalize` (Σw = 0 is an error here; mergekit divides by 0).
 
     The weights are normalized before the sum (Σᵢ (wᵢ/Σw)·θᵢ), so a single model, or
     weights scaled by any c > 0, give exactly the same tensor; equal to mergekit's
     (Σᵢ wᵢθᵢ)/Σw up to float rounding. FedAvg is this method with wᵢ = client example counts.
     """
     total = sum(weight) if normalize else 1.0
+    if total == 0:
+        raise ValueError("the weights sum to 0, so normalize cannot divide by them (set normalize: false)")
     coeffs = [w / total for w in weight]
     out = None
     for t, c in zip(tensors, coeffs):  # one model at a time (the engine upcasts them lazily)

@@ -29,7 +29,7 @@ def _trimmed(base: Tensor, tensors: list[Tensor], threshold: list[float], weight
     out = []
     for t, thr, w in zip(tensors, threshold, weight):
         delta = t - base
-        kept = torch.where(delta.abs() >= thr, delta, 0.0)
+        kept = delta * (delta.abs() >= thr)  # a product, so NaN/Inf propagate to the engine's check
         out.append(kept.mul_(w) if w != 1 else kept)
     return out
 

@@ -117,3 +117,18 @@ def test_cli_success_prints_summary(tmp_path, tiny_models, capsys):
 
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert "ties" in card.data.tags and "mergekit-het" in card.data.tags
+
+
+def test_merge_weights_summing_to_zero_one_line_error(tmp_path, tiny_models, capsys):
+    cfg = write_cfg(tmp_path, tiny_models, merge_method="linear", base_model=None, parameters={},
+                    models=[{"model": str(tiny_models["e0"]), "parameters": {"weight": 1.0}},
+                            {"model": str(tiny_models["e1"]), "parameters": {"weight": -1.0}}])  # fmt: skip
+    rc, err = run_cli(tmp_path, cfg, capsys)
+    assert rc == 2 and "linear failed: the weights sum to 0" in err
+
+
+def test_merge_nan_from_finite_inputs_reported_as_merge_fault(tmp_path, tiny_models, capsys):
+    cfg = write_cfg(tmp_path, tiny_models, merge_method="task_arithmetic", parameters={"lambda": float("inf")},
+                    models=[{"model": str(tiny_models["e0"]), "parameters": {"weight": 1.0}}])  # fmt: skip
+    rc, err = run_cli(tmp_path, cfg, capsys)
+    assert rc == 2 and "task_arithmetic produced NaN or Inf from finite inputs" in err
