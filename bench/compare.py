@@ -155,6 +155,7 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
     gpu = open_gpu() if args.device == "cuda" else None
     env = child_env()
     rows, loads = [], []
+    commit = het_commit()  # the engine may change between sizes of a long run: record it per size
     for name in args.methods:
         method = METHODS[name]
         config = work / "configs" / f"{tag}-{name}.yml"
@@ -191,7 +192,7 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
                 shutil.rmtree(out, ignore_errors=True)
         rows.append(row)
     return {"tag": tag, "spec": asdict(spec), "params_per_model": spec.shape.params, "floor": floor, "methods": rows,
-            "load_1min": loads}
+            "load_1min": loads, "mergekit_het_commit": commit}
 
 
 def machine_info(device: str) -> dict:

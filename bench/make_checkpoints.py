@@ -7,7 +7,8 @@ Each model is a normal Hugging Face folder (config.json from `LlamaConfig`, shar
 `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`) that `from_pretrained`,
 mergekit and mergekit-het all read. Tensor names and shapes come from a `LlamaForCausalLM`
 built on the meta device, so nothing model-sized is ever allocated; the weights are written
-shard by shard, all models at once, so peak memory is (N+1) x one shard.
+shard by shard, all models at once (tensors drawn in parallel threads), so peak memory is about
+(N+1) x one shard.
 
 Weights (float32, then cast to --dtype):
     base     W0 ~ N(0, 0.02^2) for matrices, 1 + N(0, 0.02^2) for norm vectors
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -144,18 +147,24 @@ def make_checkpoints(spec: CheckpointSpec, out: Path, *, overwrite: bool = False
 
     dtype = DTYPES[spec.dtype]
     bar = tqdm(total=spec.bytes_per_model * len(folders), unit="B", unit_scale=True, desc="checkpoints")
-    for filename, names in plan.filename_to_tensors.items():
-        shards: list[dict[str, torch.Tensor]] = [{} for _ in folders]
-        for name in names:
-            i, shape = index[name], meta[name].shape
-            base = _base_tensor(shape, _generator(spec.seed, 0, i))
-            shards[0][name] = base.to(dtype)
-            for e in range(1, spec.experts + 1):
-                tau = _task_vector(shape, spec, _generator(spec.seed, e, i))
-                shards[e][name] = tau.add_(base).to(dtype)
-            bar.update(meta[name].nbytes * len(folders))
-        for folder, shard in zip(folders, shards):
-            save_file(shard, folder / filename, metadata={"format": "pt"})
+    def model_tensors(name: str) -> list[torch.Tensor]:  # base, expert1, ... for one tensor name
+        i, shape = index[name], meta[name].shape
+        base = _base_tensor(shape, _generator(spec.seed, 0, i))
+        out = [base.to(dtype)]
+        for e in range(1, spec.experts + 1):
+            out.append(_task_vector(shape, spec, _generator(spec.seed, e, i)).add_(base).to(dtype))
+        bar.update(meta[name].nbytes * len(folders))
+        return out
+
+    # torch releases the GIL, so tensors are drawn in parallel; each has its own generator.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        for filename, names in plan.filename_to_tensors.items():
+            shards: list[dict[str, torch.Tensor]] = [{} for _ in folders]
+            for name, tensors in zip(names, pool.map(model_tensors, names)):
+                for shard, tensor in zip(shards, tensors):
+                    shard[name] = tensor
+            for folder, shard in zip(folders, shards):
+                save_file(shard, folder / filename, metadata={"format": "pt"})
     bar.close()
     marker.write_text(json.dumps(asdict(spec), indent=2))
     return folders

@@ -129,7 +129,7 @@ def write_report(results: dict, out: Path) -> str:
     for size in results["sizes"]:
         spec = size["spec"]
         lines += [f"### {size['tag']}: base + {spec['experts']} experts, {size['params_per_model'] / 1e6:.1f}M params each, "
-                  f"{spec['dtype']}", ""]
+                  f"{spec['dtype']}" + (f" (mergekit-het {size['mergekit_het_commit']})" if size.get("mergekit_het_commit") else ""), ""]
         lines += size_table(size, tools) + [""]
     if len(results["sizes"]) > 1:
         lines += ["### Scaling", ""] + scaling_table(results) + [""]
