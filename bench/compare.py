@@ -23,6 +23,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -145,17 +146,20 @@ def summarize(runs: list[Measurement]) -> dict:
     }
 
 
-def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: list[Tool]) -> dict:
+def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: list[Tool], size: dict) -> None:
+    """Benchmark one checkpoint size; fills `size` as methods finish (partial when interrupted)."""
     work: Path = args.work
+    size.update(tag=tag, spec=asdict(spec), params_per_model=spec.shape.params, methods=[], load_1min=[],
+                mergekit_het_commit=het_commit())  # the engine may change between sizes: record it per size
     print(f"\n== {tag}: base + {spec.experts} experts, {spec.shape.params / 1e6:.1f}M params each, {spec.dtype}")
     folders = make_checkpoints(spec, work / "ckpt" / tag)
     floor = measure_floor(folders, spec.bytes_per_model, work / "out")
+    size["floor"] = floor
     print(f"floor: read {floor['input_bytes'] / 1e9:.2f} GB in {floor['read_s']:.2f} s (warm) + "
           f"write {floor['output_bytes'] / 1e9:.2f} GB in {floor['write_s']:.2f} s = {floor['floor_s']:.2f} s")
     gpu = open_gpu() if args.device == "cuda" else None
     env = child_env()
-    rows, loads = [], []
-    commit = het_commit()  # the engine may change between sizes of a long run: record it per size
+    rows, loads = size["methods"], size["load_1min"]
     for name in args.methods:
         method = METHODS[name]
         config = work / "configs" / f"{tag}-{name}.yml"
@@ -191,8 +195,6 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
             for out in outs.values():
                 shutil.rmtree(out, ignore_errors=True)
         rows.append(row)
-    return {"tag": tag, "spec": asdict(spec), "params_per_model": spec.shape.params, "floor": floor, "methods": rows,
-            "load_1min": loads, "mergekit_het_commit": commit}
 
 
 def machine_info(device: str) -> dict:
@@ -254,8 +256,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class Interrupted(Exception):
+    """SIGTERM (e.g. `timeout`): stop, kill the running merge, report what finished."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     mergekit_argv = shlex.split(args.mergekit_cmd) if args.mergekit_cmd else default_mergekit_argv()
     all_tools = {"mergekit": Tool("mergekit", "mergekit", tuple(mergekit_argv)),
                  "het": Tool("het", "mergekit-het", tuple(shlex.split(args.het_cmd)))}
@@ -278,12 +289,21 @@ def main(argv: list[str] | None = None) -> int:
         name = preset if shape == PRESETS[preset] else (
             f"h{shape.hidden}-l{shape.layers}-i{shape.intermediate}-v{shape.vocab}-a{shape.heads}-kv{shape.kv_heads}")
         tag = f"{name}-{spec.dtype}-e{spec.experts}"
-        results["sizes"].append(bench_size(spec, tag, args, tools))
+        results["sizes"].append({})
+        try:
+            bench_size(spec, tag, args, tools, results["sizes"][-1])
+        except Interrupted:
+            print("interrupted (SIGTERM): writing the results of the runs that finished")
+            results["interrupted"] = True
+            break
+    results["sizes"] = [s for s in results["sizes"] if s.get("methods")]
+    if not results["sizes"]:
+        return 1
     out = args.out or args.work / "results" / f"{'_'.join(args.sizes or [args.preset])}-{args.device}"
     md = write_report(results, out)
     print(f"\n{md}\nresults: {out}")
     failed = any(not t["ok"] for s in results["sizes"] for r in s["methods"] for t in r["tools"].values())
-    return 1 if failed else 0
+    return 1 if failed or results.get("interrupted") else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
 #
 # Knobs (environment): PRESET (1b = Llama 1.1B shape), EXPERTS (3), DTYPE (bfloat16),
 # GPU_METHODS (linear,task_arithmetic,ties), CPU_METHODS (ties; empty = skip the CPU run),
-# REPEAT (1), WORK (/tmp/bench), MERGEKIT_CMD (default: python3 -m mergekit.scripts.run_yaml from
+# REPEAT (1), WORK (/tmp/bench), GPU_TIMEOUT (360 s), CPU_TIMEOUT (180 s), MERGEKIT_CMD (default: python3 -m mergekit.scripts.run_yaml from
 # the wheels; set it to skip the wheel install, e.g. to try this script on a machine without a GPU),
 # DEVICE (cuda; cpu to try the script without a GPU).
 set -euo pipefail
@@ -43,8 +43,11 @@ PY
 
 common=(--preset "$preset" --experts "$experts" --dtype "$dtype" --repeat "$repeat" --work "$work"
         --mergekit-cmd "$MERGEKIT_CMD")
-python3 bench/compare.py "${common[@]}" --device "$device" --methods "${GPU_METHODS:-linear,task_arithmetic,ties}" \
-    --out "$out/$device"
+# Each stage is bounded (timeout sends SIGTERM; compare.py then kills the running merge and writes
+# the results of the runs that finished), so the whole call stays inside the device's 10 minutes.
+timeout "${GPU_TIMEOUT:-360}" python3 bench/compare.py "${common[@]}" --device "$device" \
+    --methods "${GPU_METHODS:-linear,task_arithmetic,ties}" --out "$out/$device" || echo "$device stage exited with $?"
 if [[ -n "${CPU_METHODS-ties}" && "$device" != cpu ]]; then
-    python3 bench/compare.py "${common[@]}" --device cpu --methods "${CPU_METHODS-ties}" --out "$out/cpu"
+    timeout "${CPU_TIMEOUT:-180}" python3 bench/compare.py "${common[@]}" --device cpu \
+        --methods "${CPU_METHODS-ties}" --out "$out/cpu" || echo "cpu stage exited with $?"
 fi

@@ -118,10 +118,16 @@ def run_measured(cmd: list[str], log: Path, *, env: dict[str, str] | None = None
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         sampler = _TreeSampler(proc.pid, interval, gpu)
         sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        sampler.stop.set()
-        sampler.join()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C): leave no merge running behind us
+            proc.kill()
+            os.waitpid(proc.pid, 0)
+            raise
+        finally:
+            sampler.stop.set()
+            sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
     return Measurement(
         returncode=proc.returncode,

@@ -101,9 +101,9 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel(f"merge method ({sizes[0]['tag']}, {sizes[0]['floor']['input_bytes'] / 1e9:.2f} GB of inputs)")
     else:
         gb = [s["floor"]["input_bytes"] / 1e9 for s in sizes]
-        for method in methods:
+        for i, method in enumerate(methods):  # one colour per method, one line style per tool
             for tool, style in zip(tools, ("-o", "--s")):
-                ax.plot(gb, [wall(s, method, tool) for s in sizes], style, label=f"{LABELS[tool]} {method}")
+                ax.plot(gb, [wall(s, method, tool) for s in sizes], style, color=f"C{i}", label=f"{LABELS[tool]} {method}")
         ax.plot(gb, [s["floor"]["floor_s"] for s in sizes], ":k", label="floor (read inputs + write output)")
         ax.set_xlabel("total input size (GB)")
     ax.set_ylabel("wall time (s)")
@@ -125,7 +125,8 @@ def write_report(results: dict, out: Path) -> str:
              f"torch {m['torch']}, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "") + f"; {results['started']}"
              + (f"; mergekit-het at {m['mergekit_het_commit']}." if m.get("mergekit_het_commit") else "."),
              "Startup (`--help`, imports only): " + ", ".join(f"{LABELS[k]} {v:.2f} s" for k, v in results["startup_s"].items())
-             + f". Wall time is the median of {results['repeat']} run(s); peak RSS the max over runs.", ""]
+             + f". Wall time is the median of {results['repeat']} run(s); peak RSS the max over runs."
+             + (" INTERRUPTED: only the runs that finished are shown." if results.get("interrupted") else ""), ""]
     for size in results["sizes"]:
         spec = size["spec"]
         lines += [f"### {size['tag']}: base + {spec['experts']} experts, {size['params_per_model'] / 1e6:.1f}M params each, "
