@@ -18,7 +18,6 @@ Results go to --out as results.json, results.md and a PNG plot.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -32,8 +31,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
-
-from make_checkpoints import PRESETS, CheckpointSpec, add_shape_args, make_checkpoints, spec_from_args
+from make_checkpoints import (
+    PRESETS,
+    CheckpointSpec,
+    add_shape_args,
+    make_checkpoints,
+    spec_from_args,
+)
 from measure import Measurement, open_gpu, read_files, run_measured, write_file
 from outputs import compare_outputs
 from report import write_report
@@ -158,43 +162,51 @@ def bench_size(spec: CheckpointSpec, tag: str, args: argparse.Namespace, tools: 
     print(f"floor: read {floor['input_bytes'] / 1e9:.2f} GB in {floor['read_s']:.2f} s (warm) + "
           f"write {floor['output_bytes'] / 1e9:.2f} GB in {floor['write_s']:.2f} s = {floor['floor_s']:.2f} s")
     gpu = open_gpu() if args.device == "cuda" else None
-    env = child_env()
-    rows, loads = size["methods"], size["load_1min"]
     for name in args.methods:
-        method = METHODS[name]
-        config = work / "configs" / f"{tag}-{name}.yml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(merge_yaml(method, folders, spec.dtype, args.compute_dtype), sort_keys=False))
-        runs: dict[str, list[Measurement]] = {t.key: [] for t in tools}
-        outs = {t.key: work / "out" / f"{tag}-{name}-{t.key}" for t in tools}
-        logs: dict[str, str] = {}
-        for r in range(args.repeat):
-            for tool in tools if r % 2 == 0 else tools[::-1]:
-                shutil.rmtree(outs[tool.key], ignore_errors=True)
-                os.sync()
-                log = work / "logs" / f"{tag}-{name}-{tool.key}-{r}.log"
-                extra = args.mergekit_extra if tool.key == "mergekit" else args.het_extra
-                cmd = tool.merge_cmd(config, outs[tool.key], args.device, args.threads, extra)
-                loads.append(os.getloadavg()[0])  # other work on the machine skews wall times: say how much
-                m = run_measured(cmd, log, env=env, cwd=REPO, gpu=gpu)
-                runs[tool.key].append(m)
-                status = "ok" if m.returncode == 0 else f"FAILED rc={m.returncode}, log {log}"
-                print(f"  {name:16s} {tool.label:13s} {m.wall_s:8.2f} s (CPU {m.cpu_s:7.2f} s)  peak RSS {m.peak_rss_bytes / 2**30:6.2f} GiB (anon {m.anon_rss_bytes / 2**30:5.2f})  {status}")
-                if m.returncode != 0:
-                    logs[tool.key] = tail(log)
-                    print(logs[tool.key])
-        row = {"method": name, "config": merge_yaml(method, folders, spec.dtype, args.compute_dtype),
-               "commands": {t.key: shlex.join(t.merge_cmd(config, outs[t.key], args.device, args.threads, [])) for t in tools},
-               "tools": {k: summarize(v) for k, v in runs.items()}, "log_tails": logs, "diff": None}
-        if method.deterministic and len(tools) == 2 and all(row["tools"][t.key]["ok"] for t in tools):
-            diff = compare_outputs(outs["mergekit"], outs["het"])
-            row["diff"] = asdict(diff) | {"differing_frac": diff.differing_frac}
-            print(f"  {name:16s} max|mergekit - het| = {diff.max_abs:.3g} ({diff.max_abs_tensor}); "
-                  f"{diff.differing:,} of {diff.elements:,} elements differ" + (f"; PROBLEMS: {diff.problems[:3]}" if diff.problems else ""))
-        if not args.keep_outputs:
-            for out in outs.values():
-                shutil.rmtree(out, ignore_errors=True)
-        rows.append(row)
+        size["methods"].append(bench_method(METHODS[name], tag, folders, spec.dtype, args, tools, gpu, size["load_1min"]))
+
+
+def bench_method(method: Method, tag: str, folders: list[Path], dtype: str, args: argparse.Namespace,
+                 tools: list[Tool], gpu: object, loads: list[float]) -> dict:
+    """Run every tool on one method's YAML (`--repeat` rounds, alternating order) and compare outputs."""
+    work: Path = args.work
+    cfg = merge_yaml(method, folders, dtype, args.compute_dtype)
+    config = work / "configs" / f"{tag}-{method.name}.yml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = child_env()
+    runs: dict[str, list[Measurement]] = {t.key: [] for t in tools}
+    outs = {t.key: work / "out" / f"{tag}-{method.name}-{t.key}" for t in tools}
+    cmds = {t.key: t.merge_cmd(config, outs[t.key], args.device, args.threads,
+                               args.mergekit_extra if t.key == "mergekit" else args.het_extra) for t in tools}
+    logs: dict[str, str] = {}
+    for r in range(args.repeat):
+        for tool in tools if r % 2 == 0 else tools[::-1]:
+            shutil.rmtree(outs[tool.key], ignore_errors=True)
+            os.sync()
+            log = work / "logs" / f"{tag}-{method.name}-{tool.key}-{r}.log"
+            loads.append(os.getloadavg()[0])  # other work on the machine skews wall times: say how much
+            m = run_measured(cmds[tool.key], log, env=env, cwd=REPO, gpu=gpu)
+            runs[tool.key].append(m)
+            status = "ok" if m.returncode == 0 else f"FAILED rc={m.returncode}, log {log}"
+            print(f"  {method.name:16s} {tool.label:13s} {m.wall_s:8.2f} s (CPU {m.cpu_s:7.2f} s)  "
+                  f"peak RSS {m.peak_rss_bytes / 2**30:6.2f} GiB (anon {m.anon_rss_bytes / 2**30:5.2f})  {status}")
+            if m.returncode != 0:
+                logs[tool.key] = tail(log)
+                print(logs[tool.key])
+    row = {"method": method.name, "config": cfg, "commands": {k: shlex.join(c) for k, c in cmds.items()},
+           "tools": {k: summarize(v) for k, v in runs.items()}, "log_tails": logs, "diff": None}
+    if method.deterministic and len(tools) == 2 and all(row["tools"][t.key]["ok"] for t in tools):
+        diff = compare_outputs(outs["mergekit"], outs["het"])
+        row["diff"] = asdict(diff) | {"differing_frac": diff.differing_frac}
+        where = f" at {diff.max_abs_tensor}" if diff.max_abs_tensor else ""
+        print(f"  {method.name:16s} max|mergekit - het| = {diff.max_abs:.3g}{where}; "
+              f"{diff.differing:,} of {diff.elements:,} elements differ"
+              + (f"; PROBLEMS: {diff.problems[:3]}" if diff.problems else ""))
+    if not args.keep_outputs:
+        for out in outs.values():
+            shutil.rmtree(out, ignore_errors=True)
+    return row
 
 
 def machine_info(device: str) -> dict:

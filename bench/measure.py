@@ -50,7 +50,7 @@ class Measurement:
 class _TreeSampler(threading.Thread):
     """Polls the summed RSS of a process and its descendants, and the GPU's used memory."""
 
-    def __init__(self, pid: int, interval: float, gpu: "_Gpu | None") -> None:
+    def __init__(self, pid: int, interval: float, gpu: _Gpu | None) -> None:
         super().__init__(daemon=True)
         self.pid, self.interval, self.gpu = pid, interval, gpu
         self.peak_rss = 0
