@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from torch import Tensor
+
 from ..errors import ConfigError
 from .lora import adapter_base_model, is_lora_adapter, lora_source
-from .format import read_header, read_tensor
-from .sources import PickleModel, SafetensorsModel, DerivedSource, TensorSource, has_model_weights, SAFE_SINGLE, SAFE_INDEX
+from .sources import SAFE_INDEX, SAFE_SINGLE, DerivedSource, PickleModel, SafetensorsModel, TensorSource, has_model_weights
 
 TASK_VECTOR_FILE = "task_vector.safetensors"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -71,14 +72,11 @@ def open_model(ref: str, *, base: str | None = None, allow_pickle: bool = False)
 
 
 def _task_vector_source(file: Path, base: TensorSource) -> DerivedSource:
-    import os
+    """θ₀ + τ, with τ read lazily from `file` (tensors it lacks equal the base)."""
+    tau = SafetensorsModel(file)
+    names = set(tau.names())
 
-    metas, _ = read_header(file)
-    fd = os.open(file, os.O_RDONLY)
+    def transform(name: str, w: Tensor) -> Tensor | None:
+        return w.float() + tau.read(name).float() if name in names else None
 
-    def transform(name, w):
-        if name not in metas:
-            return None
-        return w.float() + read_tensor(fd, metas[name]).float()
-
-    return DerivedSource(base, transform, label=f"{base.label}+{file}")
+    return DerivedSource(base, transform, label=f"{base.label}+{file}", owned=(tau,))

@@ -154,10 +154,12 @@ class DerivedSource:
     `transform(name, base_tensor)` returns the model's tensor, or None where it equals the base.
     """
 
-    def __init__(self, base: TensorSource, transform: Callable[[str, Tensor], Tensor | None], label: str):
+    def __init__(self, base: TensorSource, transform: Callable[[str, Tensor], Tensor | None], label: str,
+                 owned: tuple[TensorSource, ...] = ()):  # fmt: skip
         self.label = label
         self._base = base
         self._transform = transform
+        self._owned = owned  # sources the transform reads from, closed with this one
 
     def names(self) -> list[str]:
         return self._base.names()
@@ -171,7 +173,8 @@ class DerivedSource:
         return base if out is None else out.to(base.dtype)
 
     def close(self) -> None:
-        self._base.close()
+        for src in (self._base, *self._owned):
+            src.close()
 
 
 def has_model_weights(path: Path) -> bool:
