@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from .runner_args import add_config_arguments, config_overrides
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -13,10 +14,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "with a registered merge method (or fine-tune sequentially with EWC, or update SCROLL's ridge); "
         "writes the accuracy matrix, average accuracy, forgetting and backward transfer.",
     )
-    p.add_argument("config", type=Path, help="continual YAML config (see docs/continual.md)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. strategy=merge merge.method=ties")
-    p.add_argument("--output", type=Path, help="output folder (same as output.dir=...)")
-    p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    add_config_arguments(p, "continual YAML config (see docs/continual.md)", "strategy=merge merge.method=ties")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -24,11 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..continual import load_continual_config, run_continual
 
-    overrides = list(args.overrides)
-    if args.output is not None:
-        overrides.append(f"output.dir={args.output}")
-    if args.overwrite:
-        overrides.append("output.overwrite=true")
+    overrides = config_overrides(args)
     cfg = load_continual_config(args.config, overrides)
     result = run_continual(cfg, progress=not args.quiet)
     s = result.summary

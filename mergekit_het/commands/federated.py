@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from .runner_args import add_config_arguments, config_overrides
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -12,10 +13,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Federated learning (FedAvg/FedAvgM/FedProx/GHBM/Fed3R) on a HF checkpoint; every round "
         "the clients' models are merged by a registered merge method. Resumes an interrupted run.",
     )
-    p.add_argument("config", type=Path, help="federated YAML config (see docs/federated.md)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. rounds=5 ghbm.tau=10")
-    p.add_argument("--output", type=Path, help="output folder (same as output.dir=...)")
-    p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    add_config_arguments(p, "federated YAML config (see docs/federated.md)", "rounds=5 ghbm.tau=10")
     p.add_argument("--no-resume", action="store_true", help="start over even if an interrupted run is found")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -24,11 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..federated import load_federated_config, run_federated
 
-    overrides = list(args.overrides)
-    if args.output is not None:
-        overrides.append(f"output.dir={args.output}")
-    if args.overwrite:
-        overrides.append("output.overwrite=true")
+    overrides = config_overrides(args)
     if args.no_resume:
         overrides.append("resume=false")
     cfg = load_federated_config(args.config, overrides)

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..federated.config import AggregateConfig, StrictModel, check_aggregate
-from ..yaml_config import load_config
+from ..federated.config import AggregateConfig, check_aggregate
+from ..yaml_config import StrictModel, load_config
 
 
 class DataConfig(StrictModel):

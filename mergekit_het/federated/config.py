@@ -25,17 +25,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ..errors import ConfigError
-from ..yaml_config import load_config
+from ..yaml_config import StrictModel, load_config
 from ..methods import get_method
-
-
-class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class DataConfig(StrictModel):

@@ -18,16 +18,12 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from ..yaml_config import load_config
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from ..yaml_config import StrictModel, load_config
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     task_file: Path
     task: str
     max_length: int = Field(128, ge=2)
@@ -35,7 +31,7 @@ class DataConfig(_Strict):
     max_eval_examples: int | None = Field(None, ge=1)
 
 
-class HeadConfig(_Strict):
+class HeadConfig(StrictModel):
     """Frozen ridge head (protocol frozen_head): W = (A + λI)⁻¹b on pretrained mean-pooled features."""
 
     lam: float = Field(0.01, ge=0)
@@ -45,7 +41,7 @@ class HeadConfig(_Strict):
     path: Path | None = None  # reuse a head.safetensors instead of computing one
 
 
-class TalosConfig(_Strict):
+class TalosConfig(StrictModel):
     """TaLoS (Iurada et al., ICLR 2025): train only the LOW-sensitivity `1 - sparsity` fraction."""
 
     sparsity: float = Field(0.9, gt=0, lt=1)
@@ -56,14 +52,14 @@ class TalosConfig(_Strict):
     samples: int = Field(1, ge=1)  # labels sampled per example (TaLoS's R)
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictModel):
     r: int = Field(8, ge=1)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | None = None  # peft's default for the architecture if None
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     max_steps: int = Field(300, ge=1)  # the full budget: the LR schedule always spans it
     budget_fraction: float | None = Field(None, gt=0, le=1)  # undertrained: stop at this fraction
     batch_size: int = Field(32, ge=1)  # per process
@@ -88,13 +84,13 @@ class TrainConfig(_Strict):
         return max(1, math.ceil((self.budget_fraction or 1.0) * self.max_steps))
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     dir: Path
     overwrite: bool = False
     save_task_vector: bool = False
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(StrictModel):
     model: str
     protocol: Literal["frozen_head", "classifier", "causal_lm"] = "frozen_head"
     mode: Literal["dense", "undertrained", "talos", "lora"] = "dense"
