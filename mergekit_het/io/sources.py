@@ -94,39 +94,6 @@ def _safetensors_files(path: Path) -> list[Path]:
     raise ConfigError(f"{path}: no {SAFE_SINGLE} or {SAFE_INDEX}")
 
 
-class PickleModel:
-    """`pytorch_model.bin` checkpoints, memory-mapped by `torch.load(mmap=True, weights_only=True)`."""
-
-    def __init__(self, path: Path):
-        self.label = str(path)
-        index = path / PICKLE_INDEX
-        files = (
-            sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
-            if index.is_file()
-            else [path / PICKLE_SINGLE]
-        )
-        self._tensors: dict[str, Tensor] = {}
-        for file in files:
-            try:
-                self._tensors.update(torch.load(file, map_location="cpu", mmap=True, weights_only=True))
-            except Exception as exc:  # torch raises many types for corrupt archives
-                raise TensorError(f"{file}: cannot be read as a PyTorch checkpoint ({type(exc).__name__})") from None
-
-    def names(self) -> list[str]:
-        return list(self._tensors)
-
-    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
-        t = self._tensors[name]
-        return tuple(t.shape), t.dtype
-
-    def read(self, name: str, pin_memory: bool = False) -> Tensor:
-        t = self._tensors[name].clone()
-        return t.pin_memory() if pin_memory else t
-
-    def close(self) -> None:
-        self._tensors.clear()
-
-
 class StateDictSource:
     """Tensors already in memory, e.g. a client model in a federated round."""
 
@@ -146,6 +113,33 @@ class StateDictSource:
 
     def close(self) -> None:
         pass
+
+
+class PickleModel(StateDictSource):
+    """`pytorch_model.bin` checkpoints, memory-mapped by `torch.load(mmap=True, weights_only=True)`;
+    each read copies the tensor out of the map."""
+
+    def __init__(self, path: Path):
+        index = path / PICKLE_INDEX
+        files = (
+            sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+            if index.is_file()
+            else [path / PICKLE_SINGLE]
+        )
+        tensors: dict[str, Tensor] = {}
+        for file in files:
+            try:
+                tensors.update(torch.load(file, map_location="cpu", mmap=True, weights_only=True))
+            except Exception as exc:  # torch raises many types for corrupt archives
+                raise TensorError(f"{file}: cannot be read as a PyTorch checkpoint ({type(exc).__name__})") from None
+        super().__init__(tensors, str(path))
+
+    def read(self, name: str, pin_memory: bool = False) -> Tensor:
+        t = super().read(name).clone()
+        return t.pin_memory() if pin_memory else t
+
+    def close(self) -> None:
+        self._state.clear()
 
 
 class DerivedSource:
