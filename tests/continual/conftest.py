@@ -1,13 +1,11 @@
 """Fixtures for continual tests; the tiny model and synthetic task come from tests/federated."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "federated"))
-from fed_fixtures import make_bert, write_task  # noqa: E402
+from fed_fixtures import make_bert, write_task  # tests/conftest.py puts the fixture folders on sys.path
 
 torch.set_num_threads(1)
 

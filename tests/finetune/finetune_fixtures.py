@@ -51,24 +51,26 @@ def make_gpt2(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def synthetic_rows(n: int, seed: int) -> list[tuple[str, int]]:
-    """Class c is signalled by words w{5c}..w{5c+4}; the rest are noise words w20..w59."""
+def synthetic_rows(n: int, seed: int, num_labels: int = NUM_LABELS, noise_words: tuple[int, int] = (3, 8)) -> list[tuple[str, int]]:
+    """Class c is signalled by words w{5c}..w{5c+4}; the rest are noise words w20..w59
+    (between noise_words[0] and noise_words[1] - 1 of them)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        c = rng.randrange(NUM_LABELS)
-        words = [f"w{rng.randrange(20, 60)}" for _ in range(rng.randrange(3, 8))]
+        c = rng.randrange(num_labels)
+        words = [f"w{rng.randrange(20, 60)}" for _ in range(rng.randrange(*noise_words))]
         words.insert(rng.randrange(len(words) + 1), f"w{5 * c + rng.randrange(5)}")
         rows.append((" ".join(words), c))
     return rows
 
 
-def write_task(folder: Path, sizes=(96, 32, 32), name: str = "toy") -> Path:
+def write_task(folder: Path, sizes=(96, 32, 32), name: str = "toy", num_labels: int = NUM_LABELS,
+               noise_words: tuple[int, int] = (3, 8)) -> Path:  # fmt: skip
     """CSV splits + a task file; returns the task file path."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, n, seed in zip(("train", "validation", "test"), sizes, (0, 1, 2)):
-        lines = ["text,label"] + [f"{t},{y}" for t, y in synthetic_rows(n, seed)]
+        lines = ["text,label"] + [f"{t},{y}" for t, y in synthetic_rows(n, seed, num_labels, noise_words)]
         (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
     task_file = folder / "tasks.yaml"
-    task_file.write_text(yaml.safe_dump({"tasks": [{"name": name, "dir": ".", "num_labels": NUM_LABELS}]}))
+    task_file.write_text(yaml.safe_dump({"tasks": [{"name": name, "dir": ".", "num_labels": num_labels}]}))
     return task_file

@@ -1,16 +1,10 @@
 """Fixtures for the merge-quality bench tests: the finetune tests' tiny BERT and toy task."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT, ROOT / "tests" / "finetune"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from finetune_fixtures import make_bert, write_task  # noqa: E402
+from finetune_fixtures import make_bert, write_task  # tests/conftest.py puts the fixture folders on sys.path
 
 
 @pytest.fixture(scope="module")
