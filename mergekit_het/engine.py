@@ -30,7 +30,8 @@ from .config import MergeConfig, ParameterResolver
 from .errors import ConfigError, TensorError
 from .io.resolve import check_reference, open_model
 from .io.sources import StateDictSource, TensorSource
-from .io.writer import ShardedWriter, check_output, parse_size, staged_output
+from .atomic import check_output, staged_output
+from .io.writer import ShardedWriter, parse_size
 from .memory import reuse_freed_memory
 from .methods import MergeMethod, get_method
 from .output_files import copy_side_files, num_layers_of

@@ -80,7 +80,8 @@ def _parse_heads(items: list[str]) -> dict[str, str]:
 def _run_models(args: argparse.Namespace) -> int:
     from ..evaluate import plots
     from ..evaluate.data import encode_split
-    from ..evaluate.report import scores_table, staged_folder
+    from ..atomic import staged_output
+    from ..evaluate.report import scores_table
     from ..evaluate.runner import RESULTS_FILE, evaluate, load_model, resolve_device, write_eval_results
     from ..modeling import load_tokenizer, resolve_model
     from ..tasks import load_task_file
@@ -113,7 +114,7 @@ def _run_models(args: argparse.Namespace) -> int:
     table = scores_table(results)
     print(f"split: {args.split}\n\n{table}")
     if args.out is not None:
-        with staged_folder(args.out, overwrite=args.overwrite) as tmp:
+        with staged_output(args.out, args.overwrite) as tmp:
             payload = {"split": args.split,
                        "models": {m: {t: asdict(s) for t, s in r.items()} for m, r in results.items()}}
             (tmp / "results.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -8,35 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..atomic import staged_output
 from . import plots
 from .experiment import Comparison, ModelResult
 from .runner import TaskScore
-
-
-@contextmanager
-def staged_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder next to `out`; on success it replaces `out`, on error it is removed."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"output folder {out} already exists; pass --overwrite to replace it")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def scores_table(rows: Mapping[str, Mapping[str, TaskScore]]) -> str:
@@ -109,7 +88,7 @@ def comparison_markdown(c: Comparison) -> str:
 def write_comparison(c: Comparison, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """results.json, report.md and the plots (normalized accuracy bars, sweep curves,
     cross-task heatmap, disentanglement heatmap) into the folder `out`."""
-    with staged_folder(out, overwrite=overwrite) as tmp:
+    with staged_output(Path(out), overwrite) as tmp:
         (tmp / "results.json").write_text(json.dumps(comparison_json(c), indent=2) + "\n")
         (tmp / "report.md").write_text(comparison_markdown(c))
         bars = {r.name: r.normalized for r in [c.base, *c.methods]}

@@ -10,8 +10,6 @@ base directly, plus `head.safetensors`. Everything is written under a hidden wor
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -19,7 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .. import atomic
 from ..errors import ConfigError
+
+HINT = "--overwrite (output.overwrite=true)"
 
 EXPERT_FILE = "expert.json"
 TASK_VECTOR_FILE = "task_vector.safetensors"
@@ -32,19 +33,12 @@ def work_dir(out: Path) -> Path:
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise ConfigError(f"output {out} already exists; pass --overwrite (output.overwrite=true) to replace it")
+    atomic.check_output(out, overwrite, HINT)
 
 
 def publish(src: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished folder `src` to `out`, replacing an existing `out` only if allowed."""
-    check_output(out, overwrite)
-    old = out.parent / f".{out.name}.old"
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(src, out)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic.publish(src, out, overwrite, HINT)
 
 
 def _base_files(base: str | Path) -> list[Path]:

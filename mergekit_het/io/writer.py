@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -105,34 +101,3 @@ def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse early (before any tensor is read) to replace an existing output."""
-    if out.exists() and not overwrite:
-        raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
-
-
-@contextmanager
-def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary sibling folder that becomes `out` only if the block completes.
-
-    On error or interrupt the staging folder is removed and `out` is untouched; with
-    `overwrite` an existing `out` is swapped out and deleted only after the new one is in place.
-    """
-    check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    staging.chmod(0o755)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
