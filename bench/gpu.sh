@@ -10,7 +10,8 @@
 #   bash bench/gpu.sh
 # Results: $OUT/cuda/results.{md,json,png}, $OUT/cpu/results.{md,json,png}, $OUT/gpu.log.
 #
-# Knobs (environment): PRESET (1b = Llama 1.1B shape), EXPERTS (3), DTYPE (bfloat16),
+# Knobs (environment): PRESET (1b = Llama 1.1B shape), SIZES (comma list of presets for a scaling
+# table, overrides PRESET; CPU_SIZES likewise for the CPU stage), EXPERTS (3), DTYPE (bfloat16),
 # GPU_METHODS (linear,task_arithmetic,ties), CPU_METHODS (ties; empty = skip the CPU run),
 # REPEAT (1), WORK (/tmp/bench), GPU_TIMEOUT (360 s), CPU_TIMEOUT (180 s), MERGEKIT_CMD (default: python3 -m mergekit.scripts.run_yaml from
 # the wheels; set it to skip the wheel install, e.g. to try this script on a machine without a GPU),
@@ -45,9 +46,11 @@ common=(--preset "$preset" --experts "$experts" --dtype "$dtype" --repeat "$repe
         --mergekit-cmd "$MERGEKIT_CMD")
 # Each stage is bounded (timeout sends SIGTERM; compare.py then kills the running merge and writes
 # the results of the runs that finished), so the whole call stays inside the device's 10 minutes.
-timeout "${GPU_TIMEOUT:-360}" python3 bench/compare.py "${common[@]}" --device "$device" \
+gpu_sizes=(); [[ -n "${SIZES:-}" ]] && gpu_sizes=(--sizes "$SIZES")
+cpu_sizes=(); [[ -n "${CPU_SIZES:-${SIZES:-}}" ]] && cpu_sizes=(--sizes "${CPU_SIZES:-$SIZES}")
+timeout "${GPU_TIMEOUT:-360}" python3 bench/compare.py "${common[@]}" "${gpu_sizes[@]}" --device "$device" \
     --methods "${GPU_METHODS:-linear,task_arithmetic,ties}" --out "$out/$device" || echo "$device stage exited with $?"
 if [[ -n "${CPU_METHODS-ties}" && "$device" != cpu ]]; then
-    timeout "${CPU_TIMEOUT:-180}" python3 bench/compare.py "${common[@]}" --device cpu \
+    timeout "${CPU_TIMEOUT:-180}" python3 bench/compare.py "${common[@]}" "${cpu_sizes[@]}" --device cpu \
         --methods "${CPU_METHODS-ties}" --out "$out/cpu" || echo "cpu stage exited with $?"
 fi

@@ -1,9 +1,12 @@
 """Measure one command as its own child process: wall and CPU time, peak RSS of its tree, GPU memory.
 
 Peak RSS is taken two ways and the larger is reported:
-  * `ru_maxrss` from `os.wait4` on the child: the kernel's high-water mark of the largest single
-    process among the child and the descendants it reaped (exact, no sampling; what
-    `/usr/bin/time -v` prints as "Maximum resident set size");
+  * `ru_maxrss` of the command: the kernel's high-water mark of the largest single process among
+    it and the descendants it reaped (exact, no sampling; what `/usr/bin/time -v` prints as
+    "Maximum resident set size"). Linux carries a process's high-water mark across fork and exec,
+    so a command forked straight from this (large, after comparing outputs) process would report
+    this process's RSS: commands are started by a small launcher (`_LAUNCH`) that forks them
+    and hands back their own `ru_maxrss`;
   * the sum of RSS over the live process tree, sampled every `interval` s with psutil (catches
     several processes resident at once, e.g. worker pools; may miss short spikes).
 Neither includes the benchmark's own process. Both count file-backed pages the child mapped and
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -108,14 +112,27 @@ def open_gpu() -> _Gpu | None:
         return None
 
 
+_LAUNCH = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(cmd: list[str], log: Path, *, env: dict[str, str] | None = None,
                  cwd: Path | None = None, gpu: _Gpu | None = None, interval: float = 0.05) -> Measurement:
     """Run `cmd` (stdout+stderr to `log`) in a fresh child and measure it."""
     gpu_before = gpu.used() if gpu is not None else 0
     log.parent.mkdir(parents=True, exist_ok=True)
+    maxrss_file = log.with_suffix(".maxrss")
+    maxrss_file.unlink(missing_ok=True)
     with open(log, "wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        launch = [sys.executable, "-S", "-c", _LAUNCH, str(maxrss_file), *cmd]
+        proc = subprocess.Popen(launch, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         sampler = _TreeSampler(proc.pid, interval, gpu)
         sampler.start()
         try:
@@ -133,7 +150,7 @@ def run_measured(cmd: list[str], log: Path, *, env: dict[str, str] | None = None
         returncode=proc.returncode,
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        maxrss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+        maxrss_bytes=int(maxrss_file.read_text() or 0) * 1024 if maxrss_file.exists() else 0,  # Linux reports KiB
         tree_rss_bytes=sampler.peak_rss,
         anon_rss_bytes=sampler.peak_anon,
         gpu_peak_bytes=max(0, sampler.peak_gpu - gpu_before) if gpu is not None else None,

@@ -10,14 +10,14 @@ whole model. The same loop serves files (`run_merge`) and in-memory state dicts
 
 from __future__ import annotations
 
-import itertools
 import json
+import math
 import time
 import warnings
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Callable, Iterator, Literal, Mapping
@@ -53,6 +53,14 @@ class MergeOptions:
     seed: int = 0
     copy_tokenizer: bool = True
     progress: bool = True
+    chunk_size: int | None = None  # elements per chunk of large tensors (None: DEFAULT_CHUNK)
+    cache_bytes: int = 128 * 2**20  # a chunked tensor group up to this size is read once per merge
+
+
+DEFAULT_CHUNK = {"cpu": 1 << 20, "cuda": 1 << 24}
+"""Elements per chunk: 4 MiB of float32 on a CPU (cache-resident arithmetic), 64 MiB on a GPU."""
+DEFAULT_PREFETCH = {"cpu": 1, "cuda": 4}
+"""Pieces read ahead: on a GPU, reading from the page cache is the bottleneck, so several threads."""
 
 
 @dataclass
@@ -177,21 +185,74 @@ def _device(options: MergeOptions) -> torch.device:
     return device
 
 
-def _stream(plan: MergePlan, readers: ThreadPoolExecutor, depth: int, pin: bool) -> Iterator[tuple[str, list[Tensor]]]:
-    """Yield (name, raw tensors of every source) in plan order, reading `depth` names ahead."""
-    sources = plan.sources
+Key = tuple[str, int, int]  # (tensor name, first flat element, end)
 
-    def read_group(name: str) -> list[Tensor]:
-        return [s.read(name, pin_memory=pin) for s in sources]
 
-    names = iter(plan.names)
-    ahead: deque[tuple[str, Future]] = deque((n, readers.submit(read_group, n)) for n in itertools.islice(names, depth + 1))
-    while ahead:
-        name, fut = ahead.popleft()
-        nxt = next(names, None)
-        if nxt is not None:
-            ahead.append((nxt, readers.submit(read_group, nxt)))
-        yield name, fut.result()
+class _Reader:
+    """Reads pieces (name, start, stop) of every source, on a thread pool ahead of use."""
+
+    def __init__(self, sources: list[TensorSource], workers: int, pin: bool):
+        self._sources = sources
+        self._pin = pin
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") if workers else None
+        self._ahead: dict[Key, Future] = {}
+
+    def _read(self, key: Key) -> list[Tensor]:
+        name, start, stop = key
+        return [s.read_range(name, start, stop, pin_memory=self._pin) for s in self._sources]
+
+    def prefetch(self, key: Key) -> None:
+        if self._pool is not None and key not in self._ahead:
+            self._ahead[key] = self._pool.submit(self._read, key)
+
+    def take(self, key: Key) -> list[Tensor]:
+        fut = self._ahead.pop(key, None)
+        return fut.result() if fut is not None else self._read(key)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+class _Pieces:
+    """The pieces of one tensor name, in flat order, on the compute device: the whole tensor,
+    or chunks of a large one. Iterating again is a new pass: the chunks are kept from the first
+    pass when they fit `cache_bytes` (always on a GPU, where device memory holds a few tensor
+    groups), else read again (from the page cache)."""
+
+    def __init__(self, reader: _Reader, name: str, ranges: list[tuple[int, int]], device: torch.device,
+                 depth: int, cache: bool, has_base: bool):  # fmt: skip
+        self.name, self.ranges, self._has_base = name, ranges, has_base
+        self._reader, self._device, self._depth, self._cache_ok = reader, device, depth, cache
+        self._cache: list[tuple[int, int, list[Tensor]]] | None = None
+
+    def first_key(self) -> Key:
+        return (self.name, *self.ranges[0])
+
+    def __call__(self, then: Key | None = None) -> Iterator[tuple[int, int, list[Tensor]]]:
+        """One pass: (start, stop, raw tensors of every source); prefetches `then` near the end."""
+        if self._cache is not None:
+            if then is not None:
+                self._reader.prefetch(then)
+            yield from self._cache
+            return
+        keys = [(self.name, *r) for r in self.ranges] + ([then] if then is not None else [])
+        kept = [] if self._cache_ok else None
+        for i in range(len(self.ranges)):
+            for ahead in keys[i + 1 : i + 1 + self._depth]:
+                self._reader.prefetch(ahead)
+            raw = [t.to(self._device, non_blocking=True) for t in self._reader.take(keys[i])]
+            item = (*self.ranges[i], raw)
+            if kept is not None:
+                kept.append(item)
+            yield item
+        if kept is not None:
+            self._cache = kept
+
+    def chunks(self) -> Iterator[tuple[int, Tensor | None, list[Tensor]]]:
+        """A statistics pass in the form `ChunkedForm` methods read: (start, base, models)."""
+        for start, _, raw in self():
+            yield (start, raw[0], raw[1:]) if self._has_base else (start, None, raw)
 
 
 class _Upcast(Sequence[Tensor]):
@@ -214,25 +275,60 @@ def _as_float(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def _float_inputs(plan: MergePlan, raw: list[Tensor], device: torch.device):
-    """(base, tensors) on `device`, arithmetic in float32 (the base converted, the models
-    converted as the method reads them); None for non-float tensors."""
+def _float_inputs(plan: MergePlan, raw: list[Tensor]):
+    """(base, tensors), arithmetic in float32 (the base converted, the models converted as the
+    method reads them); None for non-float tensors."""
     if not raw[0].is_floating_point():
         return None
-    inputs = [t.to(device, non_blocking=True) for t in raw]
     if plan.base is not None:
-        return _as_float(inputs[0]), _Upcast(inputs[1:])
-    return None, _Upcast(inputs)
+        return _as_float(raw[0]), _Upcast(raw[1:])
+    return None, _Upcast(raw)
 
 
-def _model_statistics(plan: MergePlan, readers: ThreadPoolExecutor, device: torch.device, options: MergeOptions) -> dict[str, Any]:
+class _Run:
+    """One execution of a plan: the reader, the device, and how each tensor name is cut."""
+
+    def __init__(self, plan: MergePlan, options: MergeOptions, reader: _Reader, device: torch.device):
+        self.plan, self.options, self.reader, self.device = plan, options, reader, device
+        self.chunk = options.chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cpu"])
+        self.depth = options.prefetch
+
+    def pieces(self, name: str, whole: bool = False) -> _Pieces:
+        shape, dtype = self.plan.sources[0].meta(name)
+        numel = math.prod(shape)
+        ranges = [(0, numel)]
+        if not whole and dtype.is_floating_point and numel > self.chunk and self.prepare(name, numel) is not None:
+            ranges = [(s, min(s + self.chunk, numel)) for s in range(0, numel, self.chunk)]
+        group_bytes = sum(s.meta(name)[1].itemsize for s in self.plan.sources) * numel
+        cache = len(ranges) > 1 and (self.device.type == "cuda" or group_bytes <= self.options.cache_bytes)
+        return _Pieces(self.reader, name, ranges, self.device, self.depth, cache, self.plan.base is not None)
+
+    def kwargs(self, name: str, stats: dict[str, Any]) -> dict[str, Any]:
+        public = {k: v for k, v in stats.items() if not k.startswith("_")}
+        return self.plan.method.keywords(len(self.plan.models), {**self.plan.resolver.for_tensor(name), **public})
+
+    def prepare(self, name: str, numel: int):
+        form = self.plan.method.chunked
+        return form(numel, self.kwargs(name, {})) if form is not None else None
+
+    def whole_groups(self) -> Iterator[tuple[str, list[Tensor]]]:
+        """(name, raw tensors of every source, shaped) for every name, read ahead."""
+        all_pieces = [self.pieces(n, whole=True) for n in self.plan.names]
+        for i, pieces in enumerate(all_pieces):
+            then = all_pieces[i + 1].first_key() if i + 1 < len(all_pieces) else None
+            shape = self.plan.sources[0].meta(pieces.name)[0]
+            for _, _, raw in pieces(then):
+                yield pieces.name, [t.view(shape) for t in raw]
+
+
+def _model_statistics(run: _Run) -> dict[str, Any]:
     """Run the method's model passes (full streaming reads each) and collect their outputs."""
-    stats: dict[str, Any] = {}
+    plan, stats = run.plan, {}
     for i, mp in enumerate(plan.method.passes):
         state = mp.start(len(plan.models))
-        bar = tqdm(total=len(plan.names), unit="tensor", desc=f"model pass {i + 1}/{len(plan.method.passes)}", disable=not options.progress)
-        for name, raw in _stream(plan, readers, options.prefetch, device.type == "cuda"):
-            inputs = _float_inputs(plan, raw, device)
+        bar = tqdm(total=len(plan.names), unit="tensor", desc=f"model pass {i + 1}/{len(plan.method.passes)}", disable=not run.options.progress)
+        for name, raw in run.whole_groups():
+            inputs = _float_inputs(plan, raw)
             if inputs is not None:
                 try:
                     mp.update(state, *inputs, {**plan.resolver.for_tensor(name), **stats})
@@ -244,47 +340,90 @@ def _model_statistics(plan: MergePlan, readers: ThreadPoolExecutor, device: torc
     return stats
 
 
-def execute(plan: MergePlan, sink, options: MergeOptions) -> MergeSummary:
-    """Run the plan: read ahead, merge on `options.device`, write through `sink(name, tensor)`."""
+def execute(plan: MergePlan, sink: Callable[..., None], options: MergeOptions) -> MergeSummary:
+    """Run the plan: read ahead, merge on `options.device`, write through
+    `sink(name, tensor, start)` (`start`: the first flat element of a chunk, 0 for a whole tensor)."""
     device = _device(options)
     summary = MergeSummary()
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, options.prefetch), thread_name_prefix="read") as readers, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer:  # fmt: skip
-        stats = _model_statistics(plan, readers, device, options)
-        writes: deque[Future] = deque()
-        bar = tqdm(total=len(plan.names), unit="tensor", desc="merging", disable=not options.progress)
-        for name, raw in _stream(plan, readers, options.prefetch, device.type == "cuda"):
-            summary.bytes_read += sum(t.numel() * t.element_size() for t in raw)
-            out = _merge_one(plan, name, raw, device, options, summary.warnings, stats)
-            while len(writes) >= 2:
-                writes.popleft().result()
-            writes.append(writer.submit(sink, name, out))
-            summary.tensors += 1
-            bar.update(1)
-        for w in writes:
-            w.result()
-        bar.close()
+    if options.prefetch is None:
+        options = replace(options, prefetch=DEFAULT_PREFETCH.get(device.type, 1))
+    reader = _Reader(plan.sources, options.prefetch, pin=device.type == "cuda")
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer:
+            run = _Run(plan, options, reader, device)
+            stats = _model_statistics(run)
+            writes: deque[Future] = deque()
+            bar = tqdm(total=len(plan.names), unit="tensor", desc="merging", disable=not options.progress)
+            upcoming = [run.pieces(n) for n in plan.names]
+            for i, pieces in enumerate(upcoming):
+                then = upcoming[i + 1].first_key() if i + 1 < len(upcoming) else None
+                for first, out, nbytes in _merge_tensor(run, pieces, then, stats, summary.warnings):
+                    summary.bytes_read += nbytes
+                    while len(writes) >= 2:
+                        writes.popleft().result()
+                    writes.append(writer.submit(sink, pieces.name, out, first))
+                upcoming[i] = None  # free its cached chunks
+                summary.tensors += 1
+                bar.update(1)
+            for w in writes:
+                w.result()
+            bar.close()
+    finally:
+        reader.close()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _merge_one(plan: MergePlan, name: str, raw: list[Tensor], device: torch.device, options: MergeOptions,
-               seen: list[str], stats: dict[str, Any]) -> Tensor:  # fmt: skip
-    inputs = _float_inputs(plan, raw, device)
-    if inputs is None:
-        if any(not torch.equal(raw[0], t) for t in raw[1:]):
-            raise TensorError(f"{name}: non-float tensor differs between models; it cannot be merged")
-        return raw[0]
-    base, tensors = inputs
-    gen = _generator(options.seed, name, device) if plan.method.uses_generator else None
-    try:
-        public = {k: v for k, v in stats.items() if not k.startswith("_")}
-        merged = plan.method(base, tensors, generator=gen, **plan.resolver.for_tensor(name), **public)
-    except (ValueError, RuntimeError) as exc:
-        raise TensorError(f"{name}: {plan.method.name} failed: {exc}") from None
-    _check_finite(merged, raw, plan, name, options.nan_policy, seen)
-    return merged.to(plan.out_dtypes[name])
+def _merge_tensor(run: _Run, pieces: _Pieces, then: Key | None, stats: dict[str, Any],
+                  seen: list[str]) -> Iterator[tuple[int, Tensor, int]]:  # fmt: skip
+    """Merge one tensor name piece by piece: (first flat element, merged piece, bytes read)."""
+    plan, name = run.plan, pieces.name
+    shape = plan.sources[0].meta(name)[0]
+    kwargs = run.kwargs(name, stats)
+    extra = None
+    if len(pieces.ranges) > 1:
+        try:
+            extra = run.prepare(name, math.prod(shape))(pieces.chunks)
+        except (ValueError, RuntimeError) as exc:
+            raise TensorError(f"{name}: {plan.method.name} failed: {exc}") from None
+    for first, stop, raw in pieces(then):
+        if extra is None:
+            raw = [t.view(shape) for t in raw]
+        nbytes = sum(t.numel() * t.element_size() for t in raw)
+        inputs = _float_inputs(plan, raw)
+        if inputs is None:
+            if any(not torch.equal(raw[0], t) for t in raw[1:]):
+                raise TensorError(f"{name}: non-float tensor differs between models; it cannot be merged")
+            yield first, raw[0], nbytes
+            continue
+        base, tensors = inputs
+        gen = _generator(run.options.seed, name, run.device) if plan.method.uses_generator else None
+        if gen is not None:
+            kwargs["generator"] = gen
+        try:
+            merged = plan.method.fn(base, tensors, **kwargs, **(extra(first, stop) if extra else {}))
+        except (ValueError, RuntimeError) as exc:
+            raise TensorError(f"{name}: {plan.method.name} failed: {exc}") from None
+        _check_finite(merged, raw, plan, name, run.options.nan_policy, seen)
+        yield first, merged.to(plan.out_dtypes[name]), nbytes
+
+
+class _StateSink:
+    """Collects merged tensors in a CPU state dict, assembling chunked ones."""
+
+    def __init__(self, plan: MergePlan):
+        self.state: dict[str, Tensor] = {}
+        self._shapes = {n: plan.sources[0].meta(n)[0] for n in plan.names}
+
+    def write(self, name: str, t: Tensor, start: int = 0) -> None:
+        shape = self._shapes[name]
+        if start == 0 and t.numel() == math.prod(shape):
+            self.state[name] = t.cpu().view(shape)
+            return
+        if name not in self.state:
+            self.state[name] = torch.empty(shape, dtype=t.dtype)
+        self.state[name].view(-1)[start : start + t.numel()].copy_(t)
 
 
 # ---- entry points ---------------------------------------------------------------------
@@ -323,9 +462,9 @@ def run_merge(
             num_layers_of(layers_from), cfg.torch_dtype("dtype"), cfg.torch_dtype("out_dtype"),
         )  # fmt: skip
         if out is None:
-            state: dict[str, Tensor] = {}
-            summary = execute(plan, state.__setitem__, options)
-            summary.state = state
+            sink = _StateSink(plan)
+            summary = execute(plan, sink.write, options)
+            summary.state = sink.state
             return summary
         out = Path(out)
         with staged_output(out, options.overwrite) as staging:
@@ -377,10 +516,6 @@ def merge_state_dicts(
     sources = [StateDictSource(sd, f"model[{i}]") for i, sd in enumerate(models)]
     base_src = StateDictSource(base, "base") if base is not None and m.base != "none" else None
     plan = plan_merge(m, base_src, sources, dict(parameters or {}), model_parameters, num_layers)
-    state: dict[str, Tensor] = {}
-
-    def keep(name: str, t: Tensor) -> None:
-        state[name] = t.cpu() if t.device.type != "cpu" else t
-
-    execute(plan, keep, MergeOptions(device=device, seed=seed, prefetch=0, progress=progress))
-    return state
+    sink = _StateSink(plan)
+    execute(plan, sink.write, MergeOptions(device=device, seed=seed, prefetch=0, progress=progress))
+    return sink.state

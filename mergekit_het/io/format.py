@@ -84,15 +84,23 @@ def read_header(path: Path) -> tuple[dict[str, TensorMeta], dict[str, str]]:
 
 def read_tensor(fd: int, meta: TensorMeta, pin_memory: bool = False) -> torch.Tensor:
     """Read one tensor with positional reads (thread-safe on a shared descriptor)."""
-    buf = torch.empty(meta.nbytes, dtype=torch.uint8, pin_memory=pin_memory)
+    return read_range(fd, meta, 0, _numel(meta.shape), pin_memory).reshape(meta.shape)
+
+
+def read_range(fd: int, meta: TensorMeta, start: int, stop: int, pin_memory: bool = False) -> torch.Tensor:
+    """Read the flat elements [start, stop) of one tensor (a 1-D tensor) with positional reads."""
+    item = meta.dtype.itemsize
+    nbytes = (stop - start) * item
+    buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin_memory)
     view = memoryview(buf.numpy())
+    first = meta.begin + start * item
     done = 0
-    while done < meta.nbytes:
-        got = os.preadv(fd, [view[done:]], meta.begin + done)
+    while done < nbytes:
+        got = os.preadv(fd, [view[done:]], first + done)
         if got == 0:
-            raise TensorError(f"{meta.file}: truncated shard (short read at byte {meta.begin + done})")
+            raise TensorError(f"{meta.file}: truncated shard (short read at byte {first + done})")
         done += got
-    return buf.view(meta.dtype).reshape(meta.shape)
+    return buf.view(meta.dtype)
 
 
 def build_header(

@@ -1,7 +1,8 @@
 """Tensor sources: lazy, tensor-by-tensor access to the weights of one model.
 
-Every source exposes `names()`, `meta(name) -> (shape, dtype)` (from headers, no data read)
-and `read(name) -> Tensor` (CPU). Kinds:
+Every source exposes `names()`, `meta(name) -> (shape, dtype)` (from headers, no data read),
+`read(name) -> Tensor` (CPU) and `read_range(name, start, stop)`: the flat elements
+[start, stop) of a tensor, so the engine can stream a large tensor in chunks. Kinds:
 - `SafetensorsModel`: a Hugging Face folder with `model.safetensors`, or sharded with
   `model.safetensors.index.json`, or a single `.safetensors` file;
 - `PickleModel`: `pytorch_model.bin` checkpoints, only with an explicit opt-in (pickle can run code);
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, TensorError
-from .format import TensorMeta, read_header, read_tensor
+from .format import TensorMeta, read_header, read_range, read_tensor
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -36,6 +38,8 @@ class TensorSource(Protocol):
     def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]: ...
 
     def read(self, name: str, pin_memory: bool = False) -> Tensor: ...
+
+    def read_range(self, name: str, start: int, stop: int, pin_memory: bool = False) -> Tensor: ...
 
     def close(self) -> None: ...
 
@@ -68,6 +72,10 @@ class SafetensorsModel:
     def read(self, name: str, pin_memory: bool = False) -> Tensor:
         meta = self._metas[name]
         return read_tensor(self._fds[meta.file], meta, pin_memory)
+
+    def read_range(self, name: str, start: int, stop: int, pin_memory: bool = False) -> Tensor:
+        meta = self._metas[name]
+        return read_range(self._fds[meta.file], meta, start, stop, pin_memory)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -111,6 +119,9 @@ class StateDictSource:
     def read(self, name: str, pin_memory: bool = False) -> Tensor:
         return self._state[name]
 
+    def read_range(self, name: str, start: int, stop: int, pin_memory: bool = False) -> Tensor:
+        return self.read(name).reshape(-1)[start:stop]
+
     def close(self) -> None:
         pass
 
@@ -138,6 +149,10 @@ class PickleModel(StateDictSource):
         t = super().read(name).clone()
         return t.pin_memory() if pin_memory else t
 
+    def read_range(self, name: str, start: int, stop: int, pin_memory: bool = False) -> Tensor:
+        t = super().read_range(name, start, stop).clone()
+        return t.pin_memory() if pin_memory else t
+
     def close(self) -> None:
         self._state.clear()
 
@@ -146,6 +161,8 @@ class DerivedSource:
     """A model defined over a base: LoRA adapter (base + B·A·scale), stored task vector (θ₀ + τ).
 
     `transform(name, base_tensor)` returns the model's tensor, or None where it equals the base.
+    Chunks (`read_range`) are cut from the last tensor computed, which is kept until another
+    name is read.
     """
 
     def __init__(self, base: TensorSource, transform: Callable[[str, Tensor], Tensor | None], label: str,
@@ -154,6 +171,8 @@ class DerivedSource:
         self._base = base
         self._transform = transform
         self._owned = owned  # sources the transform reads from, closed with this one
+        self._last: tuple[str, Tensor] | None = None
+        self._lock = threading.Lock()
 
     def names(self) -> list[str]:
         return self._base.names()
@@ -166,7 +185,15 @@ class DerivedSource:
         out = self._transform(name, base)
         return base if out is None else out.to(base.dtype)
 
+    def read_range(self, name: str, start: int, stop: int, pin_memory: bool = False) -> Tensor:
+        with self._lock:
+            if self._last is None or self._last[0] != name:
+                self._last = (name, self.read(name).reshape(-1))
+            t = self._last[1][start:stop]
+        return t.pin_memory() if pin_memory else t
+
     def close(self) -> None:
+        self._last = None
         for src in (self._base, *self._owned):
             src.close()
 

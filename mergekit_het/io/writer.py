@@ -1,7 +1,8 @@
 """Sharded safetensors output, written tensor by tensor into a staging folder.
 
-The shard layout (which tensor goes to which `model-0000i-of-0000n.safetensors`, split by
-`huggingface_hub.split_torch_state_dict_into_shards`) and every header are fixed before the
+The shard layout (which tensor goes to which `model-0000i-of-0000n.safetensors`, split as
+`huggingface_hub.split_state_dict_into_shards_factory` splits, on (dtype, shape) alone: the
+torch flavour imports torch.distributed, 1.4 s of start-up) and every header are fixed before the
 first tensor is computed, since output names, shapes and dtypes are known up front. Each
 tensor is then written at its offset with `os.pwrite` as soon as it exists, in any order,
 so no shard is ever buffered in memory. The folder is renamed into place only when complete.
@@ -45,15 +46,16 @@ class ShardedWriter:
         max_shard_size: int,
         metadata: dict[str, str] | None = None,
     ):
-        from huggingface_hub import split_torch_state_dict_into_shards  # imported when writing, not at start-up
+        from huggingface_hub import split_state_dict_into_shards_factory  # imported when writing, not at start-up
 
         self.folder = folder
-        meta_tensors = {name: torch.empty(shape, dtype=dtype, device="meta") for name, dtype, shape in entries}
-        split = split_torch_state_dict_into_shards(meta_tensors, filename_pattern=_PATTERN, max_shard_size=max_shard_size)
         by_name = {name: (dtype, shape) for name, dtype, shape in entries}
+        split = split_state_dict_into_shards_factory(
+            by_name, get_storage_size=lambda meta: _nbytes(*meta), filename_pattern=_PATTERN, max_shard_size=max_shard_size
+        )
         self._where: dict[str, tuple[int, int, int]] = {}  # name -> (fd, offset, nbytes)
         self._fds: list[int] = []
-        self._pending = set(by_name)
+        self._left: dict[str, int] = {}
         self.bytes_written = 0
         for filename, names in split.filename_to_tensors.items():
             layout = [(n, *by_name[n]) for n in names]
@@ -66,24 +68,27 @@ class ShardedWriter:
                 dtype, shape = by_name[n]
                 nbytes = _nbytes(dtype, shape)
                 self._where[n] = (fd, offsets[n], nbytes)
+                self._left[n] = nbytes  # bytes not written yet
         if split.is_sharded:
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
             (folder / SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         self.files = list(split.filename_to_tensors)
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor, start: int = 0) -> None:
+        """Write `tensor` as tensor `name`, or, given `start`, as its flat elements from `start` on."""
         fd, offset, nbytes = self._where[name]
         data = tensor.detach().contiguous()
         if data.device.type != "cpu":
             data = data.cpu()
         view = memoryview(data.view(torch.uint8).reshape(-1).numpy())
-        if len(view) != nbytes:
-            raise TensorError(f"output {name}: {len(view)} bytes, layout expects {nbytes}")
+        first = start * data.element_size()
+        if first + len(view) > nbytes:
+            raise TensorError(f"output {name}: {len(view)} bytes at byte {first}, layout expects {nbytes}")
         done = 0
-        while done < nbytes:
-            done += os.pwrite(fd, view[done:], offset + done)
-        self._pending.discard(name)
-        self.bytes_written += nbytes
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + first + done)
+        self._left[name] -= len(view)
+        self.bytes_written += len(view)
 
     def close(self) -> None:
         for fd in self._fds:
@@ -92,8 +97,9 @@ class ShardedWriter:
 
     def finish(self) -> None:
         """Check that every tensor of the layout was written."""
-        if self._pending:
-            raise TensorError(f"output incomplete: {len(self._pending)} tensor(s) never written, e.g. {sorted(self._pending)[0]}")
+        pending = sorted(n for n, left in self._left.items() if left)
+        if pending:
+            raise TensorError(f"output incomplete: {len(pending)} tensor(s) not fully written, e.g. {pending[0]}")
 
 
 def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:

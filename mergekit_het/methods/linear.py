@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .registry import PerModel, merge_method
+from .registry import PerModel, elementwise, merge_method
 
 
-@merge_method("linear", paper="arXiv:2203.05482", base="none")
+@merge_method("linear", paper="arXiv:2203.05482", base="none", chunked=elementwise)
 def linear(base: None, tensors: list[Tensor], *, weight: PerModel, normalize: bool = True) -> Tensor:
     """Σᵢ wᵢθᵢ, divided by Σᵢ wᵢ if `normalize` (Σw = 0 is an error here; mergekit divides by 0).
 

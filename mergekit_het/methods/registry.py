@@ -17,7 +17,10 @@ def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: PerM
 - a parameter named `generator` receives a `torch.Generator` seeded per tensor (random methods);
 - keywords listed in `passes` outputs are *model statistics*: the engine computes them with
   streaming passes over every tensor before merging (e.g. the TIES paper's model-wide trim
-  threshold) and passes them to every call; they are not user parameters.
+  threshold) and passes them to every call; they are not user parameters;
+- `chunked` says how the engine may run the method on flat slices ("chunks") of a large
+  tensor, so memory and cache traffic stay bounded by the chunk size (see `ChunkedForm`);
+  keywords it computes (listed in `computed`) are not user parameters either.
 
 Presets register one implementation under several names with some keywords fixed and
 other defaults changed (mergekit's registry: ties / dare_ties / breadcrumbs are presets of
@@ -30,6 +33,7 @@ import difflib
 import inspect
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Annotated, Any, Callable, Literal
 
 from torch import Tensor
@@ -59,6 +63,29 @@ class ModelPass:
     outputs: tuple[str, ...]
 
 
+Chunks = Callable[[], Iterator[tuple[int, Tensor | None, list[Tensor]]]]
+"""`chunks()` yields, in flat order, (offset, base chunk, [model chunks]) of one tensor name:
+contiguous slices of the flattened tensors in their stored dtype, on the compute device."""
+
+ChunkExtra = Callable[[int, int], dict[str, Any]]
+"""`extra(start, stop)`: keywords under which the method, called on the chunk [start, stop) of
+every input, gives that slice of the whole-tensor result."""
+
+ChunkedForm = Callable[[int, dict[str, Any]], Callable[[Chunks], ChunkExtra] | None]
+"""`form(numel, kwargs)` returns None where `kwargs` make the method need whole tensors, else
+`prepare(chunks)`, which may iterate `chunks()` (each call is a new pass over the tensor) to
+compute whole-tensor statistics and returns the `ChunkExtra`. Deciding needs no data."""
+
+
+def elementwise(numel: int, kwargs: dict[str, Any]) -> Callable[[Chunks], ChunkExtra]:
+    """The `ChunkedForm` of an elementwise method: no statistics, no extra keywords."""
+    return lambda chunks: _NO_EXTRA
+
+
+def _NO_EXTRA(start: int, stop: int) -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True)
 class Param:
     name: str  # YAML name
@@ -86,6 +113,7 @@ class MergeMethod:
     max_models: int | None = None
     doc: str = ""
     passes: tuple[ModelPass, ...] = ()
+    chunked: ChunkedForm | None = None
 
     @property
     def per_model_params(self) -> dict[str, Param]:
@@ -103,12 +131,17 @@ class MergeMethod:
         """Apply to one tensor name: per-model params as lists (one per tensor), globals as scalars.
 
         Parameters are keyed by YAML name (`lambda`) or Python keyword (`lambda_`)."""
-        kwargs = {self.params[k].kwarg if k in self.params else k: v for k, v in params.items()}
-        for kwarg, value in self.fixed.items():
-            kwargs[kwarg] = [value] * len(tensors) if kwarg in self.fixed_per_model else value
+        kwargs = self.keywords(len(tensors), params)
         if self.uses_generator:
             kwargs["generator"] = generator
         return self.fn(base, tensors, **kwargs)
+
+    def keywords(self, n_models: int, params: dict[str, Any]) -> dict[str, Any]:
+        """The function's keyword arguments for `params` (YAML names or keywords), fixed ones added."""
+        kwargs = {self.params[k].kwarg if k in self.params else k: v for k, v in params.items()}
+        for kwarg, value in self.fixed.items():
+            kwargs[kwarg] = [value] * n_models if kwarg in self.fixed_per_model else value
+        return kwargs
 
     def apply(self, base: Tensor | None, tensors: list[Tensor], generator=None, **params) -> Tensor:
         """Like calling the method, with defaults filled in and scalar per-model values broadcast."""
@@ -158,11 +191,14 @@ def merge_method(
     min_models: int = 1,
     max_models: int | None = None,
     passes: tuple[ModelPass, ...] = (),
+    chunked: ChunkedForm | None = None,
+    computed: tuple[str, ...] = (),
 ):
     """Register `fn` under `name`; `fixed` keywords are not user-settable, `defaults` override,
-    `passes` compute model statistics before the merge (see `ModelPass`)."""
+    `passes` compute model statistics before the merge (see `ModelPass`), `chunked` lets the
+    engine run it chunk by chunk, computing the keywords `computed` (see `ChunkedForm`)."""
     fixed = fixed or {}
-    computed = {out for p in passes for out in p.outputs}
+    computed = {out for p in passes for out in p.outputs} | set(computed)
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in METHODS:
@@ -178,6 +214,7 @@ def merge_method(
             max_models=max_models,
             doc=inspect.getdoc(fn) or "",
             passes=passes,
+            chunked=chunked,
         )
         return fn
 

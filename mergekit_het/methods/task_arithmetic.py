@@ -11,14 +11,24 @@
 from __future__ import annotations
 
 import inspect
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from .consensus import Consensus, disjoint_mean, elect_sign
-from .registry import PerModel, merge_method
-from .sparsify import RescaleNorm, della_prune, drop_outliers, keep_top_magnitude, random_drop, rescale_kept
+from .registry import ChunkExtra, Chunks, PerModel, elementwise, merge_method
+from .sparsify import (
+    RescaleNorm,
+    Trim,
+    della_prune,
+    drop_outliers,
+    keep_top_magnitude,
+    random_drop,
+    rescale_kept,
+    top_magnitude_trims,
+)
 
 Sparsifier = Literal["none", "magnitude", "random", "outliers", "della"]
 
@@ -32,11 +42,13 @@ def _sparsify(
     rescale: bool,
     rescale_norm: RescaleNorm,
     generator: torch.Generator | None,
+    trim: Trim | None,
+    start: int,
 ) -> Tensor:
     if how == "none" or density >= 1:
         return delta
     if how == "magnitude":
-        kept = keep_top_magnitude(delta, density)
+        kept = keep_top_magnitude(delta, density, trim, start)
     elif how == "random":
         kept = random_drop(delta, density, generator=generator)
     elif how == "outliers":
@@ -62,15 +74,19 @@ def generalized_task_arithmetic(
     sparsify: Sparsifier = "none",
     consensus: Consensus | None = None,
     generator: torch.Generator | None = None,
+    trims: list[Trim | None] | None = None,
+    start: int = 0,
 ) -> Tensor:
     """θ₀ + λ·mix(wᵢ·sparsify(θᵢ − θ₀)); see the module docstring.
 
     `rescale` rescales sparsified deltas (`rescale_norm` "l1" = mergekit 0.1, "density" = the
     DARE paper's 1/density). `int8_mask` is accepted for mergekit compatibility: it only changed
-    mergekit's mask dtype, results are identical."""
+    mergekit's mask dtype, results are identical. `trims`/`start` are computed by the engine
+    (`_chunked`) when it merges a large tensor chunk by chunk."""
     weighted = []
-    for t, w, d, g, e in zip(tensors, weight, density, gamma, epsilon):
-        wd = _sparsify(t - base, sparsify, d, g, e, rescale, rescale_norm, generator)
+    for i, (t, w, d, g, e) in enumerate(zip(tensors, weight, density, gamma, epsilon)):
+        trim = trims[i] if trims is not None else None
+        wd = _sparsify(t - base, sparsify, d, g, e, rescale, rescale_norm, generator, trim, start)
         weighted.append(wd.mul_(w) if w != 1 else wd)
     if consensus is not None:
         mixed = disjoint_mean(weighted, weight, elect_sign(weighted, consensus), normalize)
@@ -84,6 +100,34 @@ def generalized_task_arithmetic(
     if lambda_ != 1:
         mixed *= lambda_
     return base + mixed
+
+
+def _chunked(numel: int, kwargs: dict[str, Any]) -> Callable[[Chunks], ChunkExtra] | None:
+    """Chunk by chunk: without sparsification the method is elementwise; magnitude trimming
+    (TIES) is, once each model's `Trim` of the whole tensor is known (two passes over the
+    chunks, see `top_magnitude_trims`). Random and rank-based sparsifiers, and L1 rescaling,
+    need the whole tensor."""
+    if kwargs["sparsify"] == "none":
+        return elementwise(numel, kwargs)
+    if kwargs["sparsify"] != "magnitude" or kwargs["rescale"]:
+        return None
+
+    def prepare(chunks: Chunks) -> ChunkExtra:
+        def magnitudes(stride: int):
+            for offset, base, tensors in chunks():
+                first = -offset % stride
+                b = _wide(base[first::stride])
+                yield offset, [(_wide(t[first::stride]) - b).abs_() for t in tensors]
+
+        trims = top_magnitude_trims(magnitudes, numel, kwargs["density"])
+        return lambda start, stop: {"trims": trims, "start": start}
+
+    return prepare
+
+
+def _wide(t: Tensor) -> Tensor:
+    """float32, or float64 where stored so (the engine's arithmetic dtypes)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 _IRRELEVANT: dict[str, tuple[str, ...]] = {
@@ -100,7 +144,9 @@ def _preset(name: str, paper: str, sparsify: Sparsifier, consensus: Consensus | 
     fn_defaults = {p.name: p.default for p in inspect.signature(generalized_task_arithmetic).parameters.values()}
     fixed = {k: fn_defaults[k] for k in _IRRELEVANT[sparsify]}
     fixed.update(sparsify=sparsify, consensus=consensus)
-    merge_method(name, paper=paper, fixed=fixed, defaults=defaults)(generalized_task_arithmetic)
+    merge_method(name, paper=paper, fixed=fixed, defaults=defaults, chunked=_chunked, computed=("trims", "start"))(
+        generalized_task_arithmetic
+    )
 
 
 _preset("task_arithmetic", "arXiv:2212.04089", "none", None)
