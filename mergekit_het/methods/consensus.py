@@ -33,12 +33,14 @@ def disjoint_mean(weighted: list[Tensor], weights: list[float], sign: Tensor, no
     Consumes `weighted` (its tensors are overwritten)."""
     # In the elected direction: wδ·sign is positive exactly where model i agrees, so its
     # positive part is the agreeing magnitude and sign() of that is the 0/1 agreement mask.
-    mixed = torch.zeros_like(weighted[0])
-    divisor = torch.zeros_like(weighted[0])
+    mixed = divisor = None
     for wd, w in zip(weighted, weights):
         agreeing = wd.mul_(sign).clamp_(min=0)
-        mixed += agreeing
-        divisor.add_(agreeing.sign_(), alpha=w)
+        if mixed is None:
+            mixed, divisor = agreeing.clone(), agreeing.sign_().mul_(w)
+        else:
+            mixed += agreeing
+            divisor.add_(agreeing.sign_(), alpha=w)
     mixed *= sign
     if not normalize:
         return mixed

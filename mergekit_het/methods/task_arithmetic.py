@@ -91,7 +91,7 @@ def generalized_task_arithmetic(
     if consensus is not None:
         mixed = disjoint_mean(weighted, weight, elect_sign(weighted, consensus), normalize)
     else:
-        mixed = weighted[0].clone()
+        mixed = weighted[0]  # a new tensor (θᵢ − θ₀ is), so it can accumulate in place
         for wd in weighted[1:]:
             mixed += wd
         divisor = sum(weight)
@@ -99,7 +99,7 @@ def generalized_task_arithmetic(
             mixed /= divisor if abs(divisor) >= 1e-8 else 1.0
     if lambda_ != 1:
         mixed *= lambda_
-    return base + mixed
+    return mixed.add_(base)
 
 
 def _chunked(numel: int, kwargs: dict[str, Any]) -> Callable[[Chunks], ChunkExtra] | None:
