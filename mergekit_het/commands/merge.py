@@ -11,6 +11,7 @@ import yaml
 
 from ..config import load_merge_config
 from ..engine import MergeOptions, run_merge
+from ..memory import reuse_freed_memory
 from .push import add_hub_options, hub_options
 
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     text = args.config.read_text()
     # The model card's huggingface_hub stack (0.3 s of imports) loads while the merge runs.
+    reuse_freed_memory()  # before any thread allocates (one malloc arena)
     threading.Thread(target=importlib.import_module, args=("mergekit_het.hub.card",), daemon=True).start()
 
     def write_card(folder: Path) -> None:

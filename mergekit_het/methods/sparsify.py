@@ -100,7 +100,7 @@ def top_magnitude_trims(magnitudes: Magnitudes, numel: int, densities: Sequence[
     samples = [torch.cat(parts) for parts in zip(*(m for _, m in magnitudes(stride)))]
     brackets = {i: _bracket(samples[i], ks[i] / numel) for i in active}
     while brackets:
-        found = _band_pass(magnitudes, {i: brackets[i] for i in brackets})
+        found = _band_pass(magnitudes, numel, {i: brackets[i] for i in brackets})
         for i, (above, vals, idx) in found.items():
             k, (lo, hi) = ks[i], brackets[i]
             if above >= k:  # the k-th largest lies above the bracket
@@ -127,8 +127,10 @@ def _bracket(sample: Tensor, q: float) -> tuple[float, float]:
     return lo, hi
 
 
-def _band_pass(magnitudes: Magnitudes, brackets: dict[int, tuple[float, float]]) -> dict[int, tuple[int, Tensor, Tensor]]:
-    """Per model: how many |δ| lie above its bracket, and the values and flat indices inside it."""
+def _band_pass(magnitudes: Magnitudes, numel: int, brackets: dict[int, tuple[float, float]]) -> dict[int, tuple[int, Tensor, Tensor]]:
+    """Per model: how many |δ| lie above its bracket, and the values and flat indices inside it
+    (int32 indices where they fit: the bracket of bf16 inputs can hold large tie groups)."""
+    index_dtype = torch.int32 if numel < 2**31 else torch.int64
     above = {i: 0 for i in brackets}
     vals: dict[int, list[Tensor]] = {i: [] for i in brackets}
     idx: dict[int, list[Tensor]] = {i: [] for i in brackets}
@@ -138,14 +140,14 @@ def _band_pass(magnitudes: Magnitudes, brackets: dict[int, tuple[float, float]])
             above[i] += torch.count_nonzero(mag > hi)
             where = ((mag >= lo) & (mag <= hi)).nonzero().squeeze(1)
             vals[i].append(mag[where])
-            idx[i].append(where + offset)
+            idx[i].append((where + offset).to(index_dtype))
     return {i: (int(above[i]), torch.cat(vals[i]), torch.cat(idx[i])) for i in brackets}
 
 
 def _resolve_ties(magnitudes: Magnitudes, model: int, k: int, threshold: Tensor, greater: int, vals: Tensor, idx: Tensor) -> Trim:
     """The `Trim` at `threshold` given `greater` entries above it; `vals`/`idx` hold every entry
     equal to it (and maybe others) with its flat index."""
-    ties = idx[vals == threshold]
+    ties = idx[vals == threshold].long()
     surplus = greater + ties.numel() - k
     t = float(threshold)
     if surplus <= 0 or t == 0:
