@@ -17,6 +17,7 @@ RescaleNorm = Literal["l1", "density"]
 
 
 ARGSORT_TIES = 256
+ARGSORT_MAX = 1 << 24  # the argsort tie-break holds 16 bytes per entry: only up to 2^24 entries
 _EXACT_MAX = 1 << 16  # up to this many entries, select with one kthvalue call
 _SAMPLE = (1 << 12, 1 << 16)  # sample size bounds (numel / 64 in between) to bracket larger ones
 
@@ -79,7 +80,8 @@ def top_magnitude_trims(magnitudes: Magnitudes, numel: int, densities: Sequence[
     first, an order torch does not specify. When at most `ARGSORT_TIES` entries tie, the same
     argsort call (one more pass) picks them here too, so float32 merges equal mergekit's bit for
     bit; a larger tie group (typical of bf16 inputs, where mergekit's bf16 arithmetic differs
-    anyway) keeps the lowest indices. Ties at 0 are all kept: a kept 0 changes no result.
+    anyway), or a tensor of more than `ARGSORT_MAX` entries (the argsort would hold 16 bytes per
+    entry), keeps the lowest indices. Ties at 0 are all kept: a kept 0 changes no result.
     """
     active = [i for i, d in enumerate(densities) if d < 1]
     ks = {i: int(densities[i] * numel) for i in active}
@@ -94,7 +96,7 @@ def top_magnitude_trims(magnitudes: Magnitudes, numel: int, densities: Sequence[
         for i in active:
             idx = torch.arange(numel, device=mags[i].device)
             threshold = mags[i].kthvalue(numel - ks[i] + 1).values
-            trims[i] = _resolve_ties(magnitudes, i, ks[i], threshold, int((mags[i] > threshold).sum()), mags[i], idx)
+            trims[i] = _resolve_ties(magnitudes, numel, i, ks[i], threshold, int((mags[i] > threshold).sum()), mags[i], idx)
         return trims
     stride = max(1, numel // min(max(numel // 64, _SAMPLE[0]), _SAMPLE[1]))
     samples = [torch.cat(parts) for parts in zip(*(m for _, m in magnitudes(stride)))]
@@ -113,7 +115,7 @@ def top_magnitude_trims(magnitudes: Magnitudes, numel: int, densities: Sequence[
                     trims[i] = Trim(0.0, idx[:0])
                     continue
                 threshold = vals.kthvalue(vals.numel() - (k - above) + 1).values
-                trims[i] = _resolve_ties(magnitudes, i, k, threshold, above + int((vals > threshold).sum()), vals, idx)
+                trims[i] = _resolve_ties(magnitudes, numel, i, k, threshold, above + int((vals > threshold).sum()), vals, idx)
     return trims
 
 
@@ -144,7 +146,8 @@ def _band_pass(magnitudes: Magnitudes, numel: int, brackets: dict[int, tuple[flo
     return {i: (int(above[i]), torch.cat(vals[i]), torch.cat(idx[i])) for i in brackets}
 
 
-def _resolve_ties(magnitudes: Magnitudes, model: int, k: int, threshold: Tensor, greater: int, vals: Tensor, idx: Tensor) -> Trim:
+def _resolve_ties(magnitudes: Magnitudes, numel: int, model: int, k: int, threshold: Tensor, greater: int,
+                  vals: Tensor, idx: Tensor) -> Trim:  # fmt: skip
     """The `Trim` at `threshold` given `greater` entries above it; `vals`/`idx` hold every entry
     equal to it (and maybe others) with its flat index."""
     ties = idx[vals == threshold].long()
@@ -152,7 +155,7 @@ def _resolve_ties(magnitudes: Magnitudes, model: int, k: int, threshold: Tensor,
     t = float(threshold)
     if surplus <= 0 or t == 0:
         return Trim(t, ties[:0])
-    if ties.numel() > ARGSORT_TIES:
+    if ties.numel() > ARGSORT_TIES or numel > ARGSORT_MAX:
         return Trim(t, ties[ties.numel() - surplus :])
     mag = torch.cat([m[model] for _, m in magnitudes(1)])
     in_top = torch.zeros(mag.numel(), dtype=torch.bool, device=mag.device)

@@ -155,3 +155,12 @@ def test_ties_method_on_slices_with_trims_equals_whole():
     extra = prepare(chunks)
     pieces = [ties.fn(b[s : s + 999], [m[s : s + 999] for m in ms], **kwargs, **extra(s, s + 999)) for s in range(0, b.numel(), 999)]
     assert torch.equal(torch.cat(pieces), whole)
+
+
+def test_few_ties_in_a_tensor_above_argsort_max_keep_lowest_indices(monkeypatch):
+    monkeypatch.setattr(sparsify, "ARGSORT_MAX", 100_000)
+    x = torch.randn(300_000, generator=torch.Generator().manual_seed(9))
+    x[::50_000] = 0.5  # six exact ties; three must go
+    density = float((x.abs() > 0.5).sum() + 3) / x.numel()
+    (trim,) = top_magnitude_trims(lambda stride: iter([(0, [x.abs()[::stride]])]), x.numel(), [density])
+    assert trim.threshold == 0.5 and trim.dropped.tolist() == [150_000, 200_000, 250_000]
