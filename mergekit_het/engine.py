@@ -34,6 +34,7 @@ from .atomic import check_output, staged_output
 from .io.writer import ShardedWriter, parse_size
 from .memory import reuse_freed_memory
 from .methods import MergeMethod, get_method
+from .methods.registry import ChunkExtra, Chunks
 from .output_files import copy_side_files, num_layers_of
 
 NanPolicy = Literal["error", "warn", "ignore"]
@@ -309,7 +310,8 @@ class _Run:
         public = {k: v for k, v in stats.items() if not k.startswith("_")}
         return self.plan.method.keywords(len(self.plan.models), {**self.plan.resolver.for_tensor(name), **public})
 
-    def prepare(self, name: str, numel: int):
+    def prepare(self, name: str, numel: int) -> Callable[[Chunks], ChunkExtra] | None:
+        """The method's chunked form for this tensor, or None if it needs the whole tensor."""
         form = self.plan.method.chunked
         return form(numel, self.kwargs(name, {})) if form is not None else None
 

@@ -10,7 +10,8 @@ def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: PerM
 
 - `base` is the base model's tensor (None for methods that take no base);
 - `tensors` are the other models' tensors, in config order, already on the compute device
-  and in the compute dtype (float32);
+  and in the compute dtype (float32); for a method with a `chunked` form, `base` and `tensors`
+  may be matching flat slices of the flattened tensors;
 - keyword parameters annotated `PerModel` are *tensor parameters* in mergekit's sense: one
   value per model (the engine passes a list); every other keyword is a *global* parameter;
 - a trailing `_` is stripped from a parameter's YAML name (`lambda_` is `lambda`);
