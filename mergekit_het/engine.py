@@ -19,7 +19,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
@@ -33,7 +32,7 @@ from .io.sources import StateDictSource, TensorSource
 from .atomic import check_output, staged_output
 from .io.writer import ShardedWriter, parse_size
 from .memory import reuse_freed_memory
-from .methods import MergeMethod, get_method
+from .methods import Float32Copies, MergeMethod, get_method
 from .methods.registry import ChunkExtra, Chunks
 from .output_files import copy_side_files, num_layers_of
 
@@ -258,22 +257,6 @@ class _Pieces:
             yield (start, raw[0], raw[1:]) if self._has_base else (start, None, raw)
 
 
-class _Upcast(Sequence[Tensor]):
-    """The models' tensors, kept in their stored dtype and handed out in float32 one at a time,
-    so a method that walks them holds one float32 copy at a time, not one per model."""
-
-    def __init__(self, tensors: list[Tensor]):
-        self._tensors = tensors
-
-    def __len__(self) -> int:
-        return len(self._tensors)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [_as_float(t) for t in self._tensors[i]]
-        return _as_float(self._tensors[i])
-
-
 def _as_float(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
@@ -284,8 +267,8 @@ def _float_inputs(plan: MergePlan, raw: list[Tensor]):
     if not raw[0].is_floating_point():
         return None
     if plan.base is not None:
-        return _as_float(raw[0]), _Upcast(raw[1:])
-    return None, _Upcast(raw)
+        return _as_float(raw[0]), Float32Copies(raw[1:])
+    return None, Float32Copies(raw)
 
 
 class _Run:

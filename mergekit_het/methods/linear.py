@@ -20,6 +20,6 @@ def linear(base: None, tensors: list[Tensor], *, weight: PerModel, normalize: bo
         raise ValueError("the weights sum to 0, so normalize cannot divide by them (set normalize: false)")
     coeffs = [w / total for w in weight]
     out = None
-    for t, c in zip(tensors, coeffs):  # one model at a time (the engine upcasts them lazily)
-        out = t * c if out is None else out.add_(t, alpha=c)
+    for t, c in zip(tensors, coeffs):  # one float32 copy at a time, owned: scaled in place
+        out = t.mul_(c) if out is None else out.add_(t, alpha=c)
     return out

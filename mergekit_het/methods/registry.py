@@ -9,9 +9,10 @@ def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: PerM
 ```
 
 - `base` is the base model's tensor (None for methods that take no base);
-- `tensors` are the other models' tensors, in config order, already on the compute device
-  and in the compute dtype (float32); for a method with a `chunked` form, `base` and `tensors`
-  may be matching flat slices of the flattened tensors;
+- `tensors` are the other models' tensors, in config order, on the compute device: a
+  `Float32Copies` sequence whose every access returns a new float32 tensor the method owns (it
+  may overwrite it); for a method with a `chunked` form, `base` and `tensors` may be matching
+  flat slices of the flattened tensors;
 - keyword parameters annotated `PerModel` are *tensor parameters* in mergekit's sense: one
   value per model (the engine passes a list); every other keyword is a *global* parameter;
 - a trailing `_` is stripped from a parameter's YAML name (`lambda_` is `lambda`);
@@ -35,9 +36,10 @@ import inspect
 import typing
 from dataclasses import dataclass, field
 from functools import cached_property
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Callable, Literal
 
+import torch
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -47,6 +49,27 @@ PerModel = Annotated[float, _PER_MODEL]
 """Annotation of a per-model (tensor) parameter; the function receives `list[float]`."""
 
 REQUIRED = inspect.Parameter.empty
+
+
+class Float32Copies(Sequence[Tensor]):
+    """The models' tensors, kept as given (e.g. in their stored bf16) and handed out as new
+    float32 tensors one access at a time: a method that walks them holds one float32 copy at a
+    time, and may compute in place on it (no fresh buffer per op)."""
+
+    def __init__(self, tensors: Sequence[Tensor]):
+        self._tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [_float_copy(t) for t in self._tensors[i]]
+        return _float_copy(self._tensors[i])
+
+
+def _float_copy(t: Tensor) -> Tensor:
+    return t.clone() if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 @dataclass(frozen=True)
@@ -136,6 +159,8 @@ class MergeMethod:
         kwargs = self.keywords(len(tensors), params)
         if self.uses_generator:
             kwargs["generator"] = generator
+        if not isinstance(tensors, Float32Copies):
+            tensors = Float32Copies(tensors)
         return self.fn(base, tensors, **kwargs)
 
     def keywords(self, n_models: int, params: dict[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def generalized_task_arithmetic(
     weighted = []
     for i, (t, w, d, g, e) in enumerate(zip(tensors, weight, density, gamma, epsilon)):
         trim = trims[i] if trims is not None else None
-        wd = _sparsify(t - base, sparsify, d, g, e, rescale, rescale_norm, generator, trim, start)
+        wd = _sparsify(t.sub_(base), sparsify, d, g, e, rescale, rescale_norm, generator, trim, start)
         weighted.append(wd.mul_(w) if w != 1 else wd)
     if consensus is not None:
         mixed = disjoint_mean(weighted, weight, elect_sign(weighted, consensus), normalize)
