@@ -1,10 +1,10 @@
 """The merge engine: the only loop over tensor names.
 
-For each tensor name, the inputs of every model are read (ahead of time, by a prefetch
-thread pool), moved to the compute device in float32, merged by the registered method with
-that tensor's parameters, cast to the output dtype and handed to an asynchronous writer.
-Peak memory is a few tensor groups (prefetch depth x models, plus the writer queue), never a
-whole model. The same loop serves files (`run_merge`) and in-memory state dicts
+For each tensor name, the inputs of every model are read ahead (`io.pieces`), moved to the
+compute device, merged by the registered method with that tensor's parameters (arithmetic in
+float32), cast to the output dtype and handed to an asynchronous writer. A large tensor is
+read, merged and written in chunks when the method allows it (`MergeMethod.chunked`), so peak
+memory is a chunk group, never a whole tensor of every model, let alone a whole model. The same loop serves files (`run_merge`) and in-memory state dicts
 (`merge_state_dicts`), so federated and continual runners aggregate through it too.
 """
 
@@ -25,16 +25,18 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .config import MergeConfig, ParameterResolver
+from .config import MergeConfig
 from .errors import ConfigError, TensorError
 from .io.resolve import check_reference, open_model
+from .io.pieces import Key, Pieces, Reader
 from .io.sources import StateDictSource, TensorSource
 from .atomic import check_output, staged_output
 from .io.writer import ShardedWriter, parse_size
 from .memory import reuse_freed_memory
-from .methods import Float32Copies, MergeMethod, get_method
+from .methods import Float32Copies, get_method
 from .methods.registry import ChunkExtra, Chunks
 from .output_files import copy_side_files, num_layers_of
+from .plan import MergePlan, plan_merge
 
 NanPolicy = Literal["error", "warn", "ignore"]
 
@@ -45,7 +47,7 @@ class MergeOptions:
 
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads (None: torch's default)
-    prefetch: int = 1  # tensor names read ahead of the one being merged
+    prefetch: int | None = None  # pieces read ahead, one reader thread each (None: DEFAULT_PREFETCH)
     max_shard_size: str | int = "5GB"
     overwrite: bool = False
     allow_pickle: bool = False
@@ -61,6 +63,8 @@ def default_chunk(device: torch.device) -> int:
     """Elements per chunk: on a CPU 2^19 per compute thread (2 MiB of float32 each, so the
     arithmetic stays in cache; 1Mi on 2 cores), on a GPU 16Mi (64 MiB of float32)."""
     return 1 << 24 if device.type == "cuda" else (1 << 19) * max(1, torch.get_num_threads())
+
+
 DEFAULT_PREFETCH = {"cpu": 1, "cuda": 4}
 """Pieces read ahead: on a GPU, reading from the page cache is the bottleneck, so several threads."""
 
@@ -85,63 +89,6 @@ class MergeSummary:
 
 def _size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-@dataclass
-class MergePlan:
-    """Everything checked and opened, nothing read: the sources and per-tensor decisions."""
-
-    method: MergeMethod
-    base: TensorSource | None
-    models: list[TensorSource]
-    resolver: ParameterResolver
-    names: list[str]
-    out_dtypes: dict[str, torch.dtype]
-
-    @property
-    def sources(self) -> list[TensorSource]:
-        return ([self.base] if self.base is not None else []) + self.models
-
-    def close(self) -> None:
-        for s in self.sources:
-            s.close()
-
-
-def plan_merge(
-    method: MergeMethod,
-    base: TensorSource | None,
-    models: list[TensorSource],
-    global_params: Mapping[str, Any],
-    model_params: list[Mapping[str, Any]],
-    num_layers: int | None,
-    compute_dtype: torch.dtype | None = None,
-    out_dtype: torch.dtype | None = None,
-) -> MergePlan:
-    """Check that every model has every tensor of the reference (base, else first model) with
-    the same shape and dtype; decide each output dtype. Reads headers only."""
-    ref = base if base is not None else models[0]
-    names = ref.names()
-    for src in ([base] if base is not None else []) + models:
-        if src is ref:
-            continue
-        have = set(src.names())
-        for name in names:
-            if name not in have:
-                raise TensorError(f"{name}: missing from model {src.label} (present in {ref.label})")
-            shape, dtype = src.meta(name)
-            ref_shape, ref_dtype = ref.meta(name)
-            if shape != ref_shape:
-                raise TensorError(f"{name}: model {src.label} has shape {shape}, {ref.label} has {ref_shape}")
-            if dtype != ref_dtype and compute_dtype is None and dtype.is_floating_point:
-                raise TensorError(
-                    f"{name}: model {src.label} is {dtype}, {ref.label} is {ref_dtype}; set dtype: in the config to cast all inputs"
-                )
-    out_dtypes = {}
-    for name in names:
-        dtype = ref.meta(name)[1]
-        out_dtypes[name] = (out_dtype or compute_dtype or dtype) if dtype.is_floating_point else dtype
-    resolver = ParameterResolver(method, global_params, model_params, num_layers)
-    return MergePlan(method, base, models, resolver, names, out_dtypes)
 
 
 def _generator(seed: int, name: str, device: torch.device) -> torch.Generator:
@@ -187,76 +134,6 @@ def _device(options: MergeOptions) -> torch.device:
     return device
 
 
-Key = tuple[str, int, int]  # (tensor name, first flat element, end)
-
-
-class _Reader:
-    """Reads pieces (name, start, stop) of every source, on a thread pool ahead of use."""
-
-    def __init__(self, sources: list[TensorSource], workers: int, pin: bool):
-        self._sources = sources
-        self._pin = pin
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") if workers else None
-        self._ahead: dict[Key, Future] = {}
-
-    def _read(self, key: Key) -> list[Tensor]:
-        name, start, stop = key
-        return [s.read_range(name, start, stop, pin_memory=self._pin) for s in self._sources]
-
-    def prefetch(self, key: Key) -> None:
-        if self._pool is not None and key not in self._ahead:
-            self._ahead[key] = self._pool.submit(self._read, key)
-
-    def take(self, key: Key) -> list[Tensor]:
-        fut = self._ahead.pop(key, None)
-        return fut.result() if fut is not None else self._read(key)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-
-
-class _Pieces:
-    """The pieces of one tensor name, in flat order, on the compute device: the whole tensor,
-    or chunks of a large one. Iterating again is a new pass: the chunks are kept from the first
-    pass when they fit `cache_bytes` (always on a GPU, where device memory holds a few tensor
-    groups), else read again (from the page cache)."""
-
-    def __init__(self, reader: _Reader, name: str, ranges: list[tuple[int, int]], device: torch.device,
-                 depth: int, cache: bool, has_base: bool):  # fmt: skip
-        self.name, self.ranges, self._has_base = name, ranges, has_base
-        self._reader, self._device, self._depth, self._cache_ok = reader, device, depth, cache
-        self._cache: list[tuple[int, int, list[Tensor]]] | None = None
-
-    def first_key(self) -> Key:
-        return (self.name, *self.ranges[0])
-
-    def __call__(self, then: Key | None = None) -> Iterator[tuple[int, int, list[Tensor]]]:
-        """One pass: (start, stop, raw tensors of every source); prefetches `then` near the end."""
-        if self._cache is not None:
-            if then is not None:
-                self._reader.prefetch(then)
-            yield from self._cache
-            return
-        keys = [(self.name, *r) for r in self.ranges] + ([then] if then is not None else [])
-        kept = [] if self._cache_ok else None
-        for i in range(len(self.ranges)):
-            for ahead in keys[i + 1 : i + 1 + self._depth]:
-                self._reader.prefetch(ahead)
-            raw = [t.to(self._device, non_blocking=True) for t in self._reader.take(keys[i])]
-            item = (*self.ranges[i], raw)
-            if kept is not None:
-                kept.append(item)
-            yield item
-        if kept is not None:
-            self._cache = kept
-
-    def chunks(self) -> Iterator[tuple[int, Tensor | None, list[Tensor]]]:
-        """A statistics pass in the form `ChunkedForm` methods read: (start, base, models)."""
-        for start, _, raw in self():
-            yield (start, raw[0], raw[1:]) if self._has_base else (start, None, raw)
-
-
 def _as_float(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
@@ -271,41 +148,50 @@ def _float_inputs(plan: MergePlan, raw: list[Tensor]):
     return None, Float32Copies(raw)
 
 
+@dataclass
+class _Job:
+    """One tensor name to merge: its pieces, the method's keywords for it, and the method's
+    chunked form (None: the pieces are the whole tensor)."""
+
+    pieces: Pieces
+    kwargs: dict[str, Any]
+    prepare: Callable[[Chunks], ChunkExtra] | None
+
+
 class _Run:
     """One execution of a plan: the reader, the device, and how each tensor name is cut."""
 
-    def __init__(self, plan: MergePlan, options: MergeOptions, reader: _Reader, device: torch.device):
+    def __init__(self, plan: MergePlan, options: MergeOptions, reader: Reader, device: torch.device):
         self.plan, self.options, self.reader, self.device = plan, options, reader, device
         self.chunk = options.chunk_size or default_chunk(device)
-        self.depth = options.prefetch
+        self.stats: dict[str, Any] = {}  # model statistics, once the method's passes have run
 
-    def pieces(self, name: str, whole: bool = False) -> _Pieces:
-        shape, dtype = self.plan.sources[0].meta(name)
-        numel = math.prod(shape)
-        ranges = [(0, numel)]
-        if not whole and dtype.is_floating_point and numel > self.chunk and self.prepare(name, numel) is not None:
-            ranges = [(s, min(s + self.chunk, numel)) for s in range(0, numel, self.chunk)]
+    def _pieces(self, name: str, ranges: list[tuple[int, int]]) -> Pieces:
+        numel = ranges[-1][1]
         group_bytes = sum(s.meta(name)[1].itemsize for s in self.plan.sources) * numel
         cache = len(ranges) > 1 and (self.device.type == "cuda" or group_bytes <= self.options.cache_bytes)
-        return _Pieces(self.reader, name, ranges, self.device, self.depth, cache, self.plan.base is not None)
+        return Pieces(self.reader, name, ranges, self.device, self.options.prefetch, cache, self.plan.base is not None)
 
-    def kwargs(self, name: str, stats: dict[str, Any]) -> dict[str, Any]:
-        public = {k: v for k, v in stats.items() if not k.startswith("_")}
-        return self.plan.method.keywords(len(self.plan.models), {**self.plan.resolver.for_tensor(name), **public})
-
-    def prepare(self, name: str, numel: int) -> Callable[[Chunks], ChunkExtra] | None:
-        """The method's chunked form for this tensor, or None if it needs the whole tensor."""
+    def job(self, name: str) -> _Job:
+        shape, dtype = self.plan.sources[0].meta(name)
+        numel = math.prod(shape)
+        public = {k: v for k, v in self.stats.items() if not k.startswith("_")}
+        kwargs = self.plan.method.keywords(len(self.plan.models), {**self.plan.resolver.for_tensor(name), **public})
         form = self.plan.method.chunked
-        return form(numel, self.kwargs(name, {})) if form is not None else None
+        prepare = None
+        if form is not None and dtype.is_floating_point and numel > self.chunk:
+            prepare = form(numel, kwargs)
+        ranges = [(s, min(s + self.chunk, numel)) for s in range(0, numel, self.chunk)] if prepare else [(0, numel)]
+        return _Job(self._pieces(name, ranges), kwargs, prepare)
 
     def whole_groups(self) -> Iterator[tuple[str, list[Tensor]]]:
         """(name, raw tensors of every source, shaped) for every name, read ahead."""
-        all_pieces = [self.pieces(n, whole=True) for n in self.plan.names]
-        for i, pieces in enumerate(all_pieces):
-            then = all_pieces[i + 1].first_key() if i + 1 < len(all_pieces) else None
-            shape = self.plan.sources[0].meta(pieces.name)[0]
-            for _, _, raw in pieces(then):
-                yield pieces.name, [t.view(shape) for t in raw]
+        names = self.plan.names
+        for i, name in enumerate(names):
+            then = (names[i + 1], 0, math.prod(self.plan.sources[0].meta(names[i + 1])[0])) if i + 1 < len(names) else None
+            shape = self.plan.sources[0].meta(name)[0]
+            for _, _, raw in self._pieces(name, [(0, math.prod(shape))])(then):
+                yield name, [t.view(shape) for t in raw]
 
 
 def _model_statistics(run: _Run) -> dict[str, Any]:
@@ -335,22 +221,22 @@ def execute(plan: MergePlan, sink: Callable[..., None], options: MergeOptions) -
     start = time.perf_counter()
     if options.prefetch is None:
         options = replace(options, prefetch=DEFAULT_PREFETCH.get(device.type, 1))
-    reader = _Reader(plan.sources, options.prefetch, pin=device.type == "cuda")
+    reader = Reader(plan.sources, options.prefetch, pin=device.type == "cuda")
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer:
             run = _Run(plan, options, reader, device)
-            stats = _model_statistics(run)
+            run.stats = _model_statistics(run)
             writes: deque[Future] = deque()
             bar = tqdm(total=len(plan.names), unit="tensor", desc="merging", disable=not options.progress)
-            upcoming = [run.pieces(n) for n in plan.names]
-            for i, pieces in enumerate(upcoming):
-                then = upcoming[i + 1].first_key() if i + 1 < len(upcoming) else None
-                for first, out, nbytes in _merge_tensor(run, pieces, then, stats, summary.warnings):
+            job = run.job(plan.names[0]) if plan.names else None
+            for i in range(len(plan.names)):
+                nxt = run.job(plan.names[i + 1]) if i + 1 < len(plan.names) else None
+                for first, out, nbytes in _merge_tensor(run, job, nxt.pieces.first_key() if nxt else None, summary.warnings):
                     summary.bytes_read += nbytes
                     while len(writes) >= 2:
                         writes.popleft().result()
-                    writes.append(writer.submit(sink, pieces.name, out, first))
-                upcoming[i] = None  # free its cached chunks
+                    writes.append(writer.submit(sink, job.pieces.name, out, first))
+                job = nxt  # the finished tensor's cached chunks are freed here
                 summary.tensors += 1
                 bar.update(1)
             for w in writes:
@@ -362,19 +248,19 @@ def execute(plan: MergePlan, sink: Callable[..., None], options: MergeOptions) -
     return summary
 
 
-def _merge_tensor(run: _Run, pieces: _Pieces, then: Key | None, stats: dict[str, Any],
-                  seen: list[str]) -> Iterator[tuple[int, Tensor, int]]:  # fmt: skip
+def _merge_tensor(run: _Run, job: _Job, then: Key | None, seen: list[str]) -> Iterator[tuple[int, Tensor, int]]:
     """Merge one tensor name piece by piece: (first flat element, merged piece, bytes read)."""
-    plan, name = run.plan, pieces.name
+    plan, name, kwargs = run.plan, job.pieces.name, job.kwargs
     shape = plan.sources[0].meta(name)[0]
-    kwargs = run.kwargs(name, stats)
     extra = None
-    if len(pieces.ranges) > 1:
+    if job.prepare is not None:
         try:
-            extra = run.prepare(name, math.prod(shape))(pieces.chunks)
+            extra = job.prepare(job.pieces.chunks)
         except (ValueError, RuntimeError) as exc:
             raise TensorError(f"{name}: {plan.method.name} failed: {exc}") from None
-    for first, stop, raw in pieces(then):
+    if plan.method.uses_generator:
+        kwargs["generator"] = _generator(run.options.seed, name, run.device)
+    for first, stop, raw in job.pieces(then):
         if extra is None:
             raw = [t.view(shape) for t in raw]
         nbytes = sum(t.numel() * t.element_size() for t in raw)
@@ -385,9 +271,6 @@ def _merge_tensor(run: _Run, pieces: _Pieces, then: Key | None, stats: dict[str,
             yield first, raw[0], nbytes
             continue
         base, tensors = inputs
-        gen = _generator(run.options.seed, name, run.device) if plan.method.uses_generator else None
-        if gen is not None:
-            kwargs["generator"] = gen
         try:
             merged = plan.method.fn(base, tensors, **kwargs, **(extra(first, stop) if extra else {}))
         except (ValueError, RuntimeError) as exc:
