@@ -34,7 +34,7 @@ from .atomic import check_output, staged_output
 from .io.writer import ShardedWriter, parse_size
 from .memory import reuse_freed_memory
 from .methods import Float32Copies, get_method
-from .methods.registry import ChunkExtra, Chunks
+from .methods.registry import ChunkExtra, Chunks, as_compute_dtype
 from .output_files import copy_side_files, num_layers_of
 from .plan import MergePlan, plan_merge
 
@@ -134,17 +134,13 @@ def _device(options: MergeOptions) -> torch.device:
     return device
 
 
-def _as_float(t: Tensor) -> Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
 def _float_inputs(plan: MergePlan, raw: list[Tensor]):
     """(base, tensors), arithmetic in float32 (the base converted, the models converted as the
     method reads them); None for non-float tensors."""
     if not raw[0].is_floating_point():
         return None
     if plan.base is not None:
-        return _as_float(raw[0]), Float32Copies(raw[1:])
+        return as_compute_dtype(raw[0]), Float32Copies(raw[1:])
     return None, Float32Copies(raw)
 
 

@@ -68,8 +68,14 @@ class Float32Copies(Sequence[Tensor]):
         return _float_copy(self._tensors[i])
 
 
+def as_compute_dtype(t: Tensor) -> Tensor:
+    """`t` in the arithmetic dtype: float32, or float64 where stored so (no copy if it already is)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _float_copy(t: Tensor) -> Tensor:
-    return t.clone() if t.dtype in (torch.float32, torch.float64) else t.float()
+    out = as_compute_dtype(t)
+    return out.clone() if out is t else out
 
 
 @dataclass(frozen=True)

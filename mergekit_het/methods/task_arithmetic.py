@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .consensus import Consensus, disjoint_mean, elect_sign
-from .registry import ChunkExtra, Chunks, PerModel, elementwise, merge_method
+from .registry import ChunkExtra, Chunks, PerModel, as_compute_dtype, elementwise, merge_method
 from .sparsify import (
     RescaleNorm,
     Trim,
@@ -116,18 +116,13 @@ def _chunked(numel: int, kwargs: dict[str, Any]) -> Callable[[Chunks], ChunkExtr
         def magnitudes(stride: int):
             for offset, base, tensors in chunks():
                 first = -offset % stride
-                b = _wide(base[first::stride])
-                yield offset, [(_wide(t[first::stride]) - b).abs_() for t in tensors]
+                b = as_compute_dtype(base[first::stride])
+                yield offset, [(as_compute_dtype(t[first::stride]) - b).abs_() for t in tensors]
 
         trims = top_magnitude_trims(magnitudes, numel, kwargs["density"])
         return lambda start, stop: {"trims": trims, "start": start}
 
     return prepare
-
-
-def _wide(t: Tensor) -> Tensor:
-    """float32, or float64 where stored so (the engine's arithmetic dtypes)."""
-    return t if t.dtype == torch.float64 else t.float()
 
 
 _IRRELEVANT: dict[str, tuple[str, ...]] = {
