@@ -108,8 +108,9 @@ def _is_finite(t: Tensor) -> bool:
 
 
 def _check_finite(merged: Tensor, raw: list[Tensor], plan: MergePlan, name: str, policy: NanPolicy, seen: list[str]) -> None:
-    """Check the merged tensor (NaN/Inf in an input propagates through every method's
-    arithmetic, even into trimmed or dropped entries: NaN·0 = NaN); only if it is not finite are
+    """Check the merged tensor in its output dtype (NaN/Inf in an input propagates through every
+    method's arithmetic, even into trimmed or dropped entries: NaN·0 = NaN; a value beyond the
+    output dtype's range, e.g. float16's 65504, becomes Inf there); only if it is not finite are
     the inputs checked, to name the model at fault, or the merge itself (e.g. Σw = 0)."""
     if policy == "ignore" or _is_finite(merged):
         return
@@ -117,7 +118,8 @@ def _check_finite(merged: Tensor, raw: list[Tensor], plan: MergePlan, name: str,
     if bad:
         msg = f"{name}: model {bad[0]} holds NaN or Inf values"
     else:
-        msg = f"{name}: {plan.method.name} produced NaN or Inf from finite inputs (weights summing to 0?)"
+        msg = (f"{name}: {plan.method.name} produced NaN or Inf from finite inputs (weights summing to 0, or values"
+               f" beyond the range of {str(merged.dtype).removeprefix('torch.')}?)")
     if policy == "error":
         raise TensorError(msg + " (pass --nan-policy warn to merge anyway)")
     seen.append(msg)
@@ -271,8 +273,9 @@ def _merge_tensor(run: _Run, job: _Job, then: Key | None, seen: list[str]) -> It
             merged = plan.method.fn(base, tensors, **kwargs, **(extra(first, stop) if extra else {}))
         except (ValueError, RuntimeError) as exc:
             raise TensorError(f"{name}: {plan.method.name} failed: {exc}") from None
-        _check_finite(merged, raw, plan, name, run.options.nan_policy, seen)
-        yield first, merged.to(plan.out_dtypes[name]), nbytes
+        out = merged.to(plan.out_dtypes[name])
+        _check_finite(out, raw, plan, name, run.options.nan_policy, seen)
+        yield first, out, nbytes
 
 
 class _StateSink:

@@ -132,3 +132,12 @@ def test_merge_nan_from_finite_inputs_reported_as_merge_fault(tmp_path, tiny_mod
                     models=[{"model": str(tiny_models["e0"]), "parameters": {"weight": 1.0}}])  # fmt: skip
     rc, err = run_cli(tmp_path, cfg, capsys)
     assert rc == 2 and "task_arithmetic produced NaN or Inf from finite inputs" in err
+
+
+def test_merge_overflowing_the_output_dtype_is_reported(tmp_path, tiny_models, capsys):
+    """float16 holds at most 65504: λ = 1e6 sends the merged deltas past it (Inf in the output)."""
+    cfg = write_cfg(tmp_path, tiny_models, merge_method="task_arithmetic", parameters={"lambda": 1e6}, out_dtype="float16",
+                    models=[{"model": str(tiny_models["e0"]), "parameters": {"weight": 1.0}}])  # fmt: skip
+    rc, err = run_cli(tmp_path, cfg, capsys)
+    assert rc == 2 and "beyond the range of float16" in err
+    assert not (tmp_path / "out").exists()

@@ -101,7 +101,10 @@ def _reference_keep(mag: torch.Tensor, k: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("density", [0.01, 0.3, 0.9])
 @pytest.mark.parametrize("chunk", [1000, 7777, 50_000])
-def test_streamed_selection_equals_sort(density, chunk):
+@pytest.mark.parametrize("band", ["numpy", "torch"])  # the CPU's band pass, the GPU's (run here on the CPU)
+def test_streamed_selection_equals_sort(density, chunk, band, monkeypatch):
+    if band == "torch":
+        monkeypatch.setattr(sparsify, "_band_numpy", sparsify._band_torch)
     g = torch.Generator().manual_seed(int(density * 100) + chunk)
     x = torch.round(torch.randn(50_000, generator=g) * 300) / 300  # thousands of exact ties
     x[::7] = 0.0
