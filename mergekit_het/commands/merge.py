@@ -23,10 +23,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--device", default="cpu", help="where the arithmetic runs: cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch compute threads (default: torch's)")
-    p.add_argument("--prefetch", type=int, default=None,
-                   help="pieces (tensors or chunks) read ahead, each by its own thread (default 1 on cpu, 4 on cuda)")  # fmt: skip
+    p.add_argument("--prefetch", type=int, default=1,
+                   help="pieces (tensors or chunks) read ahead, each by its own thread (default 1)")  # fmt: skip
     p.add_argument("--chunk-size", type=int, default=None,
-                   help="elements per chunk of large tensors (default: 512Ki per CPU thread; 16Mi on cuda)")  # fmt: skip
+                   help="elements per chunk of large tensors (default: 512Ki per CPU thread up to 4Mi; 16Mi on cuda)")  # fmt: skip
     p.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB, 500MB (default 5GB)")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (can run code)")
     p.add_argument("--nan-policy", choices=["error", "warn", "ignore"], default="error",
