@@ -34,7 +34,7 @@ from .atomic import check_output, staged_output
 from .io.writer import ShardedWriter, parse_size
 from .memory import reuse_freed_memory
 from .methods import Float32Copies, get_method
-from .methods.registry import ChunkExtra, Chunks, as_compute_dtype
+from .methods.registry import ChunkExtra, Chunks, as_compute_dtype, reads_chunks
 from .output_files import copy_side_files, num_layers_of
 from .plan import MergePlan, plan_merge
 
@@ -161,10 +161,12 @@ class _Run:
         self.chunk = options.chunk_size or default_chunk(device)
         self.stats: dict[str, Any] = {}  # model statistics, once the method's passes have run
 
-    def _pieces(self, name: str, ranges: list[tuple[int, int]]) -> Pieces:
+    def _pieces(self, name: str, ranges: list[tuple[int, int]], repeated: bool = False) -> Pieces:
+        """The pieces of `name` cut at `ranges`; if `repeated` (several passes), kept between
+        passes where they fit."""
         numel = ranges[-1][1]
         group_bytes = sum(s.meta(name)[1].itemsize for s in self.plan.sources) * numel
-        cache = len(ranges) > 1 and (self.device.type == "cuda" or group_bytes <= self.options.cache_bytes)
+        cache = repeated and len(ranges) > 1 and (self.device.type == "cuda" or group_bytes <= self.options.cache_bytes)
         return Pieces(self.reader, name, ranges, self.device, self.options.prefetch, cache, self.plan.base is not None)
 
     def job(self, name: str) -> _Job:
@@ -177,7 +179,7 @@ class _Run:
         if form is not None and dtype.is_floating_point and numel > self.chunk:
             prepare = form(numel, kwargs)
         ranges = [(s, min(s + self.chunk, numel)) for s in range(0, numel, self.chunk)] if prepare else [(0, numel)]
-        return _Job(self._pieces(name, ranges), kwargs, prepare)
+        return _Job(self._pieces(name, ranges, prepare is not None and reads_chunks(prepare)), kwargs, prepare)
 
     def whole_groups(self) -> Iterator[tuple[str, list[Tensor]]]:
         """(name, raw tensors of every source, shaped) for every name, read ahead."""

@@ -110,11 +110,21 @@ compute whole-tensor statistics and returns the `ChunkExtra`. Deciding needs no 
 
 def elementwise(numel: int, kwargs: dict[str, Any]) -> Callable[[Chunks], ChunkExtra]:
     """The `ChunkedForm` of an elementwise method: no statistics, no extra keywords."""
-    return lambda chunks: _NO_EXTRA
+    return _no_statistics
+
+
+def _no_statistics(chunks: Chunks) -> ChunkExtra:
+    return _NO_EXTRA
 
 
 def _NO_EXTRA(start: int, stop: int) -> dict[str, Any]:
     return {}
+
+
+def reads_chunks(prepare: Callable[[Chunks], ChunkExtra]) -> bool:
+    """Whether `prepare` makes passes over the chunks before the merge pass (so the engine keeps
+    them for the next pass where they fit; one pass needs no copy kept)."""
+    return prepare is not _no_statistics
 
 
 @dataclass(frozen=True)

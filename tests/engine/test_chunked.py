@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from mergekit_het.config import load_merge_config
 from mergekit_het.engine import MergeOptions, run_merge
+from mergekit_het.io.pieces import Pieces
 from mergekit_het.io.sources import SafetensorsModel
 from mergekit_het.methods import get_method, sparsify
 from mergekit_het.methods.sparsify import top_magnitude_trims
@@ -74,6 +75,22 @@ def test_chunked_reads_never_exceed_a_chunk(tmp_path, tiny_models, monkeypatch):
     assert max(sizes) == 200 and not whole_reads
     largest = max(t.numel() for t in load_file(tiny_models["base"] / "model.safetensors").values())
     assert largest > 4 * 200
+
+
+@pytest.mark.parametrize("case", ["linear", "task_arithmetic", "ties"])
+def test_only_methods_that_pass_over_chunks_keep_them(tmp_path, tiny_models, monkeypatch, case):
+    """A single-pass (elementwise) merge holds one chunk group, not a whole tensor's chunks."""
+    kept: dict[str, bool] = {}
+    init = Pieces.__init__
+
+    def spy(self, reader, name, ranges, *args):
+        init(self, reader, name, ranges, *args)
+        if len(ranges) > 1:
+            kept[name] = self._cache_ok
+
+    monkeypatch.setattr(Pieces, "__init__", spy)
+    merge(tmp_path, tiny_models, case, "out", chunk_size=200)
+    assert kept and all(kept.values()) == (case == "ties") and any(kept.values()) == (case == "ties")
 
 
 def test_chunked_writes_assemble_in_memory_merge(tmp_path, tiny_models):
