@@ -96,8 +96,8 @@ def top_magnitude_trims(magnitudes: Magnitudes, numel: int, densities: Sequence[
         return trims
     if numel <= _EXACT_MAX:
         mags = [torch.cat(parts) for parts in zip(*(m for _, m in magnitudes(1)))]
+        idx = torch.arange(numel, device=mags[0].device)
         for i in active:
-            idx = torch.arange(numel, device=mags[i].device)
             threshold = mags[i].kthvalue(numel - ks[i] + 1).values
             trims[i] = _resolve_ties(magnitudes, numel, i, ks[i], threshold, int((mags[i] > threshold).sum()), mags[i], idx)
         return trims
@@ -105,7 +105,7 @@ def top_magnitude_trims(magnitudes: Magnitudes, numel: int, densities: Sequence[
     samples = [torch.cat(parts) for parts in zip(*(m for _, m in magnitudes(stride)))]
     brackets = {i: _bracket(samples[i], ks[i] / numel) for i in active}
     while brackets:
-        found = _band_pass(magnitudes, numel, {i: brackets[i] for i in brackets})
+        found = _band_pass(magnitudes, numel, brackets)
         for i, (above, vals, idx) in found.items():
             k, (lo, hi) = ks[i], brackets[i]
             if above >= k:  # the k-th largest lies above the bracket
@@ -144,7 +144,8 @@ def _band_pass(magnitudes: Magnitudes, numel: int, brackets: dict[int, tuple[flo
         # numpy's band on one thread per model beats torch's on all threads up to ~4 threads per model
         numpy_band = mags[0].device.type == "cpu" and threads < 4 * len(brackets)
         band = _band_numpy if numpy_band else _band_torch
-        found = _map(lambda i: band(mags[i], *brackets[i], offset, index_dtype), list(brackets), numpy_band)
+        workers = min(len(brackets), threads) if numpy_band else 1
+        found = _map(lambda i: band(mags[i], *brackets[i], offset, index_dtype), list(brackets), workers)
         for i, (n, v, where) in zip(brackets, found):
             above[i] += n
             vals[i].append(v)
@@ -179,10 +180,9 @@ def _band_torch(mag: Tensor, lo: float, hi: float, offset: int, index_dtype: tor
     return torch.count_nonzero(mag > hi), mag[where], (where + offset).to(index_dtype)
 
 
-def _map(fn: Callable[[int], Band], items: list[int], threaded: bool) -> list[Band]:
-    """`fn` over `items`, on up to torch's intra-op thread count of threads if `threaded`."""
-    workers = min(len(items), torch.get_num_threads())
-    if not threaded or workers < 2:
+def _map(fn: Callable[[int], Band], items: list[int], workers: int) -> list[Band]:
+    """`fn` over `items`, on `workers` threads (here, if fewer than 2)."""
+    if workers < 2:
         return [fn(i) for i in items]
     return list(_pool(workers).map(fn, items))
 
