@@ -1,6 +1,6 @@
 """mergekit-het: learning from heterogeneous sources with pretrained transformers.
 
-One streaming merge engine (``mergekit_het.engine``) combines experts in parameter
+One streaming merge engine (``mergekit_het.merge.engine``) combines experts in parameter
 space; federated and continual learning run the same engine round after round.
 """
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mergekit_het.config import ParameterResolver, evaluate, layer_position, load_merge_config
+from mergekit_het.merge.config import ParameterResolver, evaluate, layer_position, load_merge_config
 from mergekit_het.errors import ConfigError
 from mergekit_het.methods import get_method
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_het.config import load_merge_config
+from mergekit_het.merge.config import load_merge_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "merge_configs").glob("*.yml"))
 

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.merge_quality import table  # noqa: E402
 from mergekit_het.errors import ConfigError  # noqa: E402
-from mergekit_het.tasks import load_task_file  # noqa: E402
+from mergekit_het.data.tasks import load_task_file  # noqa: E402
 
 JOBS = Path(__file__).with_name("jobs.py")  # one finetune / compare job per process
 

@@ -80,11 +80,11 @@ def _parse_heads(items: list[str]) -> dict[str, str]:
 def _run_models(args: argparse.Namespace) -> int:
     from ..evaluate import plots
     from ..evaluate.data import encode_split
-    from ..atomic import staged_output
+    from ..runtime.files import staged_output
     from ..evaluate.report import scores_table
     from ..evaluate.runner import RESULTS_FILE, evaluate, load_model, resolve_device, write_eval_results
-    from ..modeling import load_tokenizer, resolve_model
-    from ..tasks import load_task_file
+    from ..models.encoder import load_tokenizer, resolve_model
+    from ..data.tasks import load_task_file
 
     if not args.models or args.tasks is None:
         raise ConfigError("give MODEL folder(s) and --tasks FILE, or --config FILE")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from ..config import load_merge_config
-from ..engine import MergeOptions, run_merge
-from ..memory import reuse_freed_memory
+from ..merge.config import load_merge_config
+from ..merge.engine import MergeOptions, run_merge
+from ..merge.memory import reuse_freed_memory
 from .push import add_hub_options, hub_options
 
 

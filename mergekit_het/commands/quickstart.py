@@ -75,8 +75,8 @@ def _expert(base: Path, task: str, steps: int) -> None:
 
 
 def _merge() -> None:
-    from ..config import load_merge_config
-    from ..engine import MergeOptions, run_merge
+    from ..merge.config import load_merge_config
+    from ..merge.engine import MergeOptions, run_merge
 
     summary = run_merge(load_merge_config(MERGE), ROOT / "merged_ties", MergeOptions(overwrite=True), config_text=MERGE.read_text())
     print(summary)

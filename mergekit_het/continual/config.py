@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..federated.config import AggregateConfig, check_aggregate
-from ..yaml_config import StrictModel, load_config
+from ..runtime.yaml_config import StrictModel, load_config
 
 
 class DataConfig(StrictModel):

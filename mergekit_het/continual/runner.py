@@ -28,7 +28,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..engine import merge_state_dicts
+from ..merge.engine import merge_state_dicts
 from ..evaluate.metrics import accuracy
 from ..evaluate.plots import plot_accuracy_matrix
 from ..federated.client import train_client
@@ -36,8 +36,8 @@ from ..federated.model import PooledClassifier, head_inputs, load_trainable, tra
 from ..federated.runner import evaluate_rows
 from ..finetune.data import collate
 from ..finetune.io import check_output, publish, work_dir
-from ..modeling import load_encoder, load_tokenizer, resolve_model
-from ..ridge import fit_ridge
+from ..models.encoder import load_encoder, load_tokenizer, resolve_model
+from ..models.ridge import fit_ridge
 from .config import ContinualConfig
 from .ewc import EWCPenalty, fisher_diagonal
 from .metrics import summarize

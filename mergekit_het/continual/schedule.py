@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ConfigError
 from ..finetune.data import tokenize
-from ..tasks import load_split, load_task_file, num_labels_of
+from ..data.tasks import load_split, load_task_file, num_labels_of
 from .config import ContinualConfig
 
 

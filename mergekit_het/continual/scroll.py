@@ -2,7 +2,7 @@
 online ridge classifier on features of a FIXED pretrained encoder.
 
 Every arriving chunk updates the sufficient statistics A ← A + Σ φ̃φ̃ᵀ, b ← b + Σ φ̃ e_yᵀ
-(`mergekit_het.ridge.RidgeStatistics`, global class ids) and the predictor is
+(`mergekit_het.models.ridge.RidgeStatistics`, global class ids) and the predictor is
 W̃ = (A + λI)⁻¹ b. A and b are sums over the data seen, so the classifier after the whole stream
 does not depend on the schedule (order of experiences, chunk sizes) up to float summation order.
 Stage 2 of the paper (adapting the representation on a replay buffer) is not implemented.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ridge import RidgeHead, RidgeStatistics
+from ..models.ridge import RidgeHead, RidgeStatistics
 
 
 class ScrollClassifier:

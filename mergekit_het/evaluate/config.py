@@ -27,8 +27,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
-from ..yaml_config import deep_update, parse_overrides, read_yaml_mapping, validate
-from ..tasks import SPLITS
+from ..runtime.yaml_config import deep_update, parse_overrides, read_yaml_mapping, validate
+from ..data.tasks import SPLITS
 
 
 class MethodSpec(BaseModel):
@@ -95,8 +95,8 @@ def load_compare_config(path: str | Path, overrides: list[str] | None = None) ->
 def check_compare_config(cfg: CompareConfig, where: str) -> None:
     """Cross-field checks: splits known, methods registered, every task has an expert, names unique."""
     from ..methods import get_method
-    from ..modeling import resolve_model
-    from ..tasks import load_task_file
+    from ..models.encoder import resolve_model
+    from ..data.tasks import load_task_file
 
     problems = []
     for key in ("select_split", "report_split"):

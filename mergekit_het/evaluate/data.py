@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..tasks import TaskSpec, load_split, num_labels_of
+from ..data.tasks import TaskSpec, load_split, num_labels_of
 
 
 @dataclass

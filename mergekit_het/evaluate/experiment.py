@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..engine import merge_state_dicts
+from ..merge.engine import merge_state_dicts
 from ..methods import get_method
-from ..modeling import load_tokenizer
-from ..tasks import load_task_file
+from ..models.encoder import load_tokenizer
+from ..data.tasks import load_task_file
 from .config import CompareConfig, MethodSpec
 from .data import EncodedSplit, encode_split
 from .interference import CrossTask, cross_task_matrix, disentanglement_grid

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..engine import merge_state_dicts
+from ..merge.engine import merge_state_dicts
 from ..errors import ConfigError
 from .metrics import disentanglement_error, normalize_columns
 from .sweep import StateDict

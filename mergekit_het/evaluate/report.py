@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from ..atomic import staged_output
+from ..runtime.files import staged_output
 from . import plots
 from .experiment import Comparison, ModelResult
 from .runner import TaskScore

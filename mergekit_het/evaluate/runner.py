@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, MergekitHetError
-from ..modeling import (
+from ..models.encoder import (
     HEAD_FILE,
     EncoderWithFrozenHead,
     load_classifier,
@@ -32,8 +32,8 @@ from ..modeling import (
     model_head_labels,
     resolve_model,
 )
-from ..ridge import RidgeHead
-from ..tasks import TaskSpec, num_labels_of
+from ..models.ridge import RidgeHead
+from ..data.tasks import TaskSpec, num_labels_of
 from .data import EncodedSplit
 from .metrics import accuracy, macro_f1
 

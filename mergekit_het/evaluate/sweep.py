@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..engine import merge_state_dicts
+from ..merge.engine import merge_state_dicts
 from ..errors import ConfigError
 
 StateDict = Mapping[str, Tensor]

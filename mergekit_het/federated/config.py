@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..errors import ConfigError
-from ..yaml_config import StrictModel, load_config
+from ..runtime.yaml_config import StrictModel, load_config
 from ..methods import get_method
 
 

@@ -3,7 +3,7 @@ classifier from client statistics of the frozen pretrained network.
 
 Client k sends A_k = Σ φ̃φ̃ᵀ and b_k = Σ φ̃ e_yᵀ of its examples (φ̃ = [φ; 1], φ = the features
 entering the head); the server adds them (`RidgeStatistics.__add__`) and solves
-W̃ = (A + λI)⁻¹ b (`mergekit_het.ridge`). Sums commute, so the head does not depend on how the
+W̃ = (A + λI)⁻¹ b (`mergekit_het.models.ridge`). Sums commute, so the head does not depend on how the
 data is split among clients or in which order clients report. Used alone (`rounds: 0`) it is
 the classifier; as initialization of federated fine-tuning (Fed3R+FT) the head is normalized
 (`normalize_W`) and logits are divided by T = 0.1 in training and evaluation.
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..finetune.data import collate
-from ..ridge import RidgeHead, RidgeStatistics
+from ..models.ridge import RidgeHead, RidgeStatistics
 from .model import head_inputs
 
 

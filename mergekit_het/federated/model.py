@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..modeling import load_classifier, load_encoder, mean_pool
-from ..ridge import RidgeHead
+from ..models.encoder import load_classifier, load_encoder, mean_pool
+from ..models.ridge import RidgeHead
 
 ENCODER_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -36,9 +36,9 @@ from ..evaluate.metrics import accuracy
 from ..evaluate.plots import plot_curves
 from ..finetune.data import collate, tokenize
 from ..finetune.io import check_output, publish, work_dir
-from ..modeling import HEAD_FILE, load_tokenizer, resolve_model
-from ..ridge import RidgeHead
-from ..tasks import load_split, load_task_file, num_labels_of
+from ..models.encoder import HEAD_FILE, load_tokenizer, resolve_model
+from ..models.ridge import RidgeHead
+from ..data.tasks import load_split, load_task_file, num_labels_of
 from .config import FederatedConfig
 from .fed3r import client_statistics, server_solve
 from .model import build_model, load_trainable, set_head, trainable_state

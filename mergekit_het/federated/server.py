@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..engine import merge_state_dicts
+from ..merge.engine import merge_state_dicts
 from .client import ClientUpdate
 from .config import AggregateConfig
 

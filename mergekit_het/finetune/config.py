@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..yaml_config import StrictModel, load_config
+from ..runtime.yaml_config import StrictModel, load_config
 
 
 class DataConfig(StrictModel):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..tasks import TaskSpec, load_split, load_task_file, num_labels_of
+from ..data.tasks import TaskSpec, load_split, load_task_file, num_labels_of
 from .config import FinetuneConfig
 
 

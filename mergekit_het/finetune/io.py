@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .. import atomic
+from ..runtime import files as atomic
 from ..errors import ConfigError
 
 HINT = "--overwrite (output.overwrite=true)"

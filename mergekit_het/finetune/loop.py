@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..modeling import HEAD_FILE, EncoderWithFrozenHead, load_tokenizer
+from ..models.encoder import HEAD_FILE, EncoderWithFrozenHead, load_tokenizer
 from . import io
 from .config import FinetuneConfig
 from .data import TaskData, eval_batches, tokenize, train_batches

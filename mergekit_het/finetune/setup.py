@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..modeling import (
+from ..models.encoder import (
     HEAD_FILE,
     EncoderWithFrozenHead,
     encode_texts,
@@ -23,7 +23,7 @@ from ..modeling import (
     model_head_labels,
     resolve_model,
 )
-from ..ridge import RidgeHead, RidgeStatistics
+from ..models.ridge import RidgeHead, RidgeStatistics
 from . import io
 from .config import FinetuneConfig
 from .data import TaskData, eval_batches, load_task_data, tokenize

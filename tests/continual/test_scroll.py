@@ -2,7 +2,7 @@ import torch
 
 from mergekit_het.continual import load_continual_config, run_continual
 from mergekit_het.continual.scroll import ScrollClassifier
-from mergekit_het.ridge import fit_ridge
+from mergekit_het.models.ridge import fit_ridge
 
 
 def test_scroll_classifier_any_chunking_equals_batch_ridge():

@@ -8,8 +8,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mergekit_het.config import load_merge_config
-from mergekit_het.engine import MergeOptions, run_merge
+from mergekit_het.merge.config import load_merge_config
+from mergekit_het.merge.engine import MergeOptions, run_merge
 from mergekit_het.io.pieces import Pieces
 from mergekit_het.io.sources import SafetensorsModel
 from mergekit_het.methods import get_method, sparsify

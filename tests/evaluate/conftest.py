@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from mergekit_het.modeling import HEAD_FILE, encode_texts
-from mergekit_het.ridge import RidgeHead, fit_ridge
-from mergekit_het.tasks import load_split, load_task_file
+from mergekit_het.models.encoder import HEAD_FILE, encode_texts
+from mergekit_het.models.ridge import RidgeHead, fit_ridge
+from mergekit_het.data.tasks import load_split, load_task_file
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(30)]
 TASKS = {"pair": 2, "triple": 3}

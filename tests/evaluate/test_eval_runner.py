@@ -7,7 +7,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 from mergekit_het.errors import ConfigError
 from mergekit_het.evaluate.data import encode_split
 from mergekit_het.evaluate.runner import evaluate, load_model, predict, write_eval_results
-from mergekit_het.tasks import load_split, load_task_file
+from mergekit_het.data.tasks import load_split, load_task_file
 
 
 def _data(task_file, folder, names, split="test", batch_size=4):

@@ -60,8 +60,8 @@ def test_disentanglement_alpha1_zero_is_disagreement_of_base_and_tau1_on_task2(t
     from mergekit_het.evaluate.interference import disentanglement_grid
     from mergekit_het.evaluate.runner import load_model, predict
     from mergekit_het.evaluate.data import encode_split
-    from mergekit_het.modeling import load_tokenizer
-    from mergekit_het.tasks import load_task_file
+    from mergekit_het.models.encoder import load_tokenizer
+    from mergekit_het.data.tasks import load_task_file
 
     tasks = load_task_file(task_file)
     model = load_model(base, tasks, experts)

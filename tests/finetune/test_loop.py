@@ -80,7 +80,7 @@ def test_finetune_undertrained_stops_at_budget_with_full_schedule(tiny_bert, toy
 def test_finetune_lora_adapter_loads_in_peft(tiny_bert, toy_task, tmp_path):
     from peft import PeftModel
 
-    from mergekit_het.modeling import load_encoder
+    from mergekit_het.models.encoder import load_encoder
 
     out = tmp_path / "lora"
     finetune(_cfg(tiny_bert, toy_task, out, mode="lora", **{"lora.r": 4, "lora.target_modules": "[query, value]"}))

@@ -5,7 +5,7 @@ import torch
 
 from finetune_fixtures import NUM_LABELS, make_bert
 from mergekit_het.errors import ConfigError
-from mergekit_het.modeling import (
+from mergekit_het.models.encoder import (
     HEAD_FILE,
     EncoderWithFrozenHead,
     encode_texts,
@@ -15,7 +15,7 @@ from mergekit_het.modeling import (
     mean_pool,
     resolve_model,
 )
-from mergekit_het.ridge import RidgeHead, fit_ridge
+from mergekit_het.models.ridge import RidgeHead, fit_ridge
 
 
 def test_mean_pool_ignores_padding_exactly():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mergekit_het.errors import TensorError
-from mergekit_het.ridge import RidgeHead, RidgeStatistics, fit_ridge, normalize_head
+from mergekit_het.models.ridge import RidgeHead, RidgeStatistics, fit_ridge, normalize_head
 
 
 def _data(n=60, d=5, c=3, seed=0):

@@ -8,8 +8,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from bench.merge_quality.table import mask_usage
 from mergekit_het.finetune import finetune, load_finetune_config
-from mergekit_het.ridge import RidgeHead
-from mergekit_het.tasks import load_split, load_task_file
+from mergekit_het.models.ridge import RidgeHead
+from mergekit_het.data.tasks import load_split, load_task_file
 
 
 def _cfg(model, task_file, out, **over):

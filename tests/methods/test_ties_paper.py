@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mergekit_het.engine import merge_state_dicts
+from mergekit_het.merge.engine import merge_state_dicts
 from mergekit_het.errors import TensorError
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .io.lora import adapter_base_model, is_lora_adapter
-from .io.resolve import local_folder
+from ..io.lora import adapter_base_model, is_lora_adapter
+from ..io.resolve import local_folder
 
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (

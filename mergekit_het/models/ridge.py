@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import ConfigError, TensorError
+from ..errors import ConfigError, TensorError
 
 NORM_EPS = 1e-6  # Fed3R's replacement for zero column norms
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def check_output(out: Path, overwrite: bool, hint: str = "--overwrite") -> None:

@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ConfigError
-from .methods import MergeMethod, Param, get_method
-from .yaml_config import read_yaml_mapping
+from ..errors import ConfigError
+from ..methods import MergeMethod, Param, get_method
+from ..runtime.yaml_config import read_yaml_mapping
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,

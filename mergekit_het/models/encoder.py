@@ -2,7 +2,7 @@
 
 The frozen-head protocol (see /work/shared/data/README.md, "A protocol that makes merges
 comparable"): each task gets a linear head computed in closed form on the PRETRAINED encoder's
-mean-pooled features (ridge regression, `mergekit_het.ridge`, Fed3R semantics), and only the
+mean-pooled features (ridge regression, `mergekit_het.models.ridge`, Fed3R semantics), and only the
 encoder is fine-tuned under that fixed head. Logits are `head(mean_pool(encoder(x))) / T`
 (Fed3R+FT divides logits by a temperature T, 0.1 with a normalized head; T = 1 leaves them).
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .ridge import RidgeHead
 
 HEAD_FILE = "head.safetensors"

@@ -8,9 +8,9 @@ from typing import Any, Mapping
 import torch
 
 from .config import ParameterResolver
-from .errors import TensorError
-from .io.sources import TensorSource
-from .methods import MergeMethod
+from ..errors import TensorError
+from ..io.sources import TensorSource
+from ..methods import MergeMethod
 
 
 @dataclass

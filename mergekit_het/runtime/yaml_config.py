@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)
 

@@ -26,16 +26,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .config import MergeConfig
-from .errors import ConfigError, TensorError
-from .io.resolve import check_reference, open_model
-from .io.pieces import Key, Pieces, Reader
-from .io.sources import StateDictSource, TensorSource
-from .atomic import check_output, staged_output
-from .io.writer import ShardedWriter, parse_size
+from ..errors import ConfigError, TensorError
+from ..io.resolve import check_reference, open_model
+from ..io.pieces import Key, Pieces, Reader
+from ..io.sources import StateDictSource, TensorSource
+from ..runtime.files import check_output, staged_output
+from ..io.writer import ShardedWriter, parse_size
 from .memory import reuse_freed_memory
-from .methods import Float32Copies, get_method
-from .methods.registry import ChunkExtra, Chunks, as_compute_dtype, reads_chunks
-from .output_files import copy_side_files, num_layers_of
+from ..methods import Float32Copies, get_method
+from ..methods.registry import ChunkExtra, Chunks, as_compute_dtype, reads_chunks
+from .side_files import copy_side_files, num_layers_of
 from .plan import MergePlan, plan_merge
 
 NanPolicy = Literal["error", "warn", "ignore"]

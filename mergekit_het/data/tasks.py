@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from .errors import ConfigError
-from .yaml_config import read_yaml_mapping
+from ..errors import ConfigError
+from ..runtime.yaml_config import read_yaml_mapping
 
 SPLITS = ("train", "validation", "test")
 
