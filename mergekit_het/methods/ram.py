@@ -1,0 +1,58 @@
+"""RAM and RAM+ (tensor-local): Reinforced Agent Merging (arXiv:2601.13572), mergekit 0.1.5 semantics.
+
+With τᵢ = θᵢ − θ₀ and aᵢ = |τᵢ| > ε (strict), c = Σᵢ aᵢ contributors per entry: an entry one
+model changed (c = 1) keeps that change, one several changed (c > 1) gets their mean, and
+changes of at most ε are dropped. RAM+ scales the unique changes of model i by
+λᵢ = 1 + r·clamp(ρᵢ, 0, α), ρᵢ = #(shared entries of i) / max(#(unique entries of i), ε),
+counted over the tensor ("TL": tensor-local statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .registry import elementwise, merge_method
+from .stacked import stack_models
+
+
+def _active(base: Tensor, tensors: Sequence[Tensor], epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(τ stacked and flattened with |τ| ≤ ε zeroed, the active masks a, the counts c)."""
+    deltas = stack_models(tensors)
+    deltas -= base
+    flat = deltas.view(len(tensors), -1)
+    active = flat.abs() > epsilon
+    return flat * active, active, active.sum(dim=0, keepdim=True)
+
+
+def _combine(base: Tensor, kept: Tensor, counts: Tensor, unique_scale: Tensor | None) -> Tensor:
+    """θ₀ + Σᵢ (τᵢ·[c = 1]·sᵢ + τᵢ·[c > 1]/max(c, 1)), summed in model order."""
+    unique = kept * (counts == 1)
+    if unique_scale is not None:
+        unique = unique * unique_scale.unsqueeze(-1)
+    shared = kept * (counts > 1) / counts.clamp(min=1)
+    return base + (unique + shared).sum(dim=0, keepdim=True).reshape_as(base)
+
+
+@merge_method("ram", paper="arXiv:2601.13572", base="required", chunked=elementwise)
+def ram(base: Tensor, tensors: Sequence[Tensor], *, epsilon: float = 1e-5) -> Tensor:
+    """RAM: unique changes kept, shared ones averaged over their contributors (module docstring)."""
+    if not tensors:
+        return base
+    kept, _, counts = _active(base, tensors, epsilon)
+    return _combine(base, kept, counts, None)
+
+
+@merge_method("ramplus_tl", paper="arXiv:2601.13572", base="required")
+def ramplus_tl(base: Tensor, tensors: Sequence[Tensor], *, r: float = 0.1, alpha: float = 0.2,
+               epsilon: float = 1e-5) -> Tensor:
+    """RAM+ with per-tensor overlap ratios ρᵢ scaling each model's unique changes (module docstring)."""
+    if not tensors:
+        return base
+    kept, active, counts = _active(base, tensors, epsilon)
+    shared = (active & (counts > 1)).sum(dim=1)
+    unique = (active & (counts == 1)).sum(dim=1)
+    rho = shared / unique.clamp(min=epsilon)
+    return _combine(base, kept, counts, 1 + r * rho.clamp(min=0, max=alpha))

@@ -1,0 +1,60 @@
+"""SCE: select, calculate, erase (FuseChat, arXiv:2408.07990), mergekit 0.1.5 semantics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .consensus import elect_sign
+from .registry import merge_method
+from .stacked import stack_models
+
+
+def top_variance_mask(deltas: Tensor, select_topk: float) -> Tensor:
+    """1 on the k = int(#{v ≠ 0}·select_topk) entries of largest population variance v across
+    the models (`deltas` stacked on dim 0), 0 elsewhere: one mask shared by every model.
+    select_topk ≤ 0 keeps nothing, ≥ 1 everything; ties in v fall as `torch.topk` orders them."""
+    if select_topk <= 0:
+        return torch.zeros_like(deltas[0])
+    if select_topk >= 1:
+        return torch.ones_like(deltas[0])
+    var = torch.var(deltas, dim=0, unbiased=False)
+    k = int(torch.count_nonzero(var) * select_topk)
+    mask = torch.zeros_like(var)
+    if k > 0:
+        mask.view(-1)[torch.topk(var.abs().view(-1), k=k, largest=True).indices] = 1
+    return mask
+
+
+def mean_square_weights(deltas: Tensor) -> Tensor:
+    """ωᵢ = mean(τᵢ²) / Σⱼ mean(τⱼ²) per model (1/n each if the sum is below 1e-6), shaped to
+    broadcast against the stacked `deltas`."""
+    w = deltas.square().reshape(deltas.shape[0], -1).mean(dim=1)
+    total = torch.sum(w).item()
+    w = torch.ones_like(w) / w.shape[0] if abs(total) < 1e-6 else w / total
+    return w.view(-1, *([1] * (deltas.dim() - 1)))
+
+
+@merge_method("sce", paper="arXiv:2408.07990", base="required")
+def sce(base: Tensor, tensors: Sequence[Tensor], *, select_topk: float = 1.0, int8_mask: bool = False) -> Tensor:
+    """θ₀ + Σᵢ ωᵢaᵢτᵢ / max(Σᵢ ωᵢaᵢ, 1e-6), elementwise, with τᵢ = θᵢ − θ₀:
+
+    1. select: if `select_topk` < 1, zero every τᵢ outside the top-variance entries
+       (`top_variance_mask`);
+    2. calculate: ωᵢ from the mean squares of the selected τᵢ (`mean_square_weights`);
+    3. erase: aᵢ = 1 where sign(τᵢ) equals the sign of Σⱼ τⱼ (+ on a tie; zeros never agree).
+    No per-model weights. `int8_mask` only changed mergekit's mask dtype: results are identical.
+    """
+    if not tensors:
+        return base
+    deltas = stack_models(tensors)
+    deltas -= base
+    if select_topk < 1:
+        deltas *= top_variance_mask(deltas, select_topk)
+    sign = elect_sign(list(deltas), "sum")
+    agree = deltas.sign() == sign
+    weights = mean_square_weights(deltas) * agree
+    mixed = (deltas * weights).sum(dim=0)
+    return base + mixed / torch.sum(weights, dim=0).clamp(min=1e-6)
