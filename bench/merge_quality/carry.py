@@ -1,4 +1,5 @@
-"""Pack the base checkpoint and the task data for the GPU machine, and unpack them there.
+"""Pack the base checkpoint for the GPU machine, and unpack it there (the task data ships in
+mergekit_het/data/text_tasks and travels with the working tree).
 
 The device tool carries at most 64 MiB and the float32 all-MiniLM-L6-v2 file is 91 MB (its
 mantissa bytes do not compress), so the checkpoint travels as float16 and is upcast exactly to
@@ -6,15 +7,14 @@ float32 on arrival: θ0 there is all-MiniLM-L6-v2 rounded to float16 (each weigh
 most 2⁻¹¹ of its magnitude, or 3·10⁻⁸ below float16's normal range),
 the same θ0 for the probe, every expert and every merge.
 
-    python bench/merge_quality/carry.py pack BASE_DIR DATA_DIR runs/mq_carry    # here
-    python bench/merge_quality/carry.py unpack runs/mq_carry BASE_OUT DATA_OUT  # on the device
+    python bench/merge_quality/carry.py pack BASE_DIR runs/mq_carry    # here
+    python bench/merge_quality/carry.py unpack runs/mq_carry BASE_OUT  # on the device
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-import tarfile
 from pathlib import Path
 
 import torch
@@ -32,17 +32,12 @@ def _convert(src: Path, dst: Path, dtype: torch.dtype) -> None:
     save_file(state, str(dst / WEIGHTS), metadata={"format": "pt"})
 
 
-def pack(base: Path, data: Path, dst: Path) -> None:
+def pack(base: Path, dst: Path) -> None:
     _convert(base, dst / "base_fp16", torch.float16)
-    with tarfile.open(dst / "data.tgz", "w:gz") as tar:
-        tar.add(data, arcname=data.name)
 
 
-def unpack(src: Path, base_out: Path, data_out: Path) -> None:
+def unpack(src: Path, base_out: Path) -> None:
     _convert(src / "base_fp16", base_out, torch.float32)
-    data_out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(src / "data.tgz") as tar:
-        tar.extractall(data_out, filter="data")
 
 
 if __name__ == "__main__":

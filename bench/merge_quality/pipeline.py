@@ -5,7 +5,7 @@
     python bench/merge_quality/pipeline.py OUT [--profile gpu] [--base DIR] [--tasks FILE]
         [--workers N] [--deadline SECONDS]
 
-Frozen-head protocol (shared/data/README.md): every task of the task file gets a ridge head on
+Frozen-head protocol (mergekit_het/data/text_tasks/README.md): every task of the task file gets a ridge head on
 the pretrained encoder's mean-pooled features; experts fine-tune the encoder under it; merges act
 on the encoder; task t is always scored with its own head. Stages, all through the toolkit:
 

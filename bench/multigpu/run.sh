@@ -13,7 +13,7 @@ out="${OUT:-runs/multigpu}" work=/tmp/multigpu
 mkdir -p "$out" "$work"
 python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | grep -v "^WARNING"
 export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-[ -d /tmp/base ] || python3 bench/merge_quality/carry.py unpack runs/fed_carry /tmp/base ../shared/data
+[ -d /tmp/base ] || python3 bench/merge_quality/carry.py unpack runs/fed_carry /tmp/base
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 GB="${GB:-256}" STEPS="${STEPS:-300}"
 common=(model=/tmp/base train.max_steps=$STEPS train.checkpoint_every=0 train.eval_every=0 train.log_every=10)

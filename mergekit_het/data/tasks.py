@@ -3,22 +3,28 @@
 A task file lists tasks; nothing in the pipeline is specific to any task:
 
 ```yaml
-root: ../../../shared/data/text_tasks     # optional; relative to this file
+root: data                                 # optional; relative to this file
 tasks:
-  - name: austen_book
-    dir: austen_book                       # holds train.csv, validation.csv, test.csv [, meta.json]
+  - builtin: austen_book                   # a task shipped with the package (no path)
+  - name: my_csv_folder
+    dir: my_csv_folder                     # holds train.csv, validation.csv, test.csv (or .csv.gz) [, meta.json]
   - name: my_task
-    data_files: {train: a.csv, validation: b.csv, test: c.csv}
+    data_files: {train: a.csv, validation: b.csv.gz, test: c.jsonl}
     text_column: sentence
     label_column: y
     num_labels: 3
 ```
+The shipped tasks (`BUILTIN_TASKS`, built from Debian packages by `build_text_tasks.py`, see
+`text_tasks/README.md`) live in `text_tasks/` beside this module as gzip-compressed CSV, which
+`datasets` reads directly. The task file name `builtin` (for example `--tasks builtin` or
+`data.task_file=builtin`) stands for a file listing all of them, so that nothing needs a path.
 `num_labels` and `label_names` come from the task entry, else from `meta.json` in `dir`,
 else from the largest label in the train split + 1.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,11 @@ from ..errors import ConfigError
 from ..runtime.yaml_config import read_yaml_mapping
 
 SPLITS = ("train", "validation", "test")
+BUILTIN = "builtin"  # the task file name that stands for every shipped task
+BUILTIN_DIR = Path(__file__).parent / "text_tasks"
+BUILTIN_TASKS = ("wordnet_supersense", "wordnet_pos", "fortune_topic", "austen_book")
+FORMATS = {".csv": "csv", ".csv.gz": "csv", ".json": "json", ".json.gz": "json", ".jsonl": "json",
+           ".jsonl.gz": "json", ".parquet": "parquet"}  # suffix -> datasets builder (it unzips .gz)
 
 
 class TaskSpec(BaseModel):
@@ -37,6 +48,7 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    builtin: str | None = None
     dir: Path | None = None
     data_files: dict[str, Path] | None = None
     text_column: str = "text"
@@ -44,10 +56,22 @@ class TaskSpec(BaseModel):
     num_labels: int | None = None
     label_names: list[str] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin_name(cls, raw: Any) -> Any:
+        """A shipped task is named after itself unless the entry says otherwise."""
+        if isinstance(raw, dict) and "builtin" in raw and "name" not in raw:
+            return {**raw, "name": raw["builtin"]}
+        return raw
+
     @model_validator(mode="after")
     def _one_source(self) -> "TaskSpec":
-        if (self.dir is None) == (self.data_files is None):
-            raise ValueError(f"task '{self.name}': give exactly one of 'dir' or 'data_files'")
+        if sum(x is not None for x in (self.builtin, self.dir, self.data_files)) != 1:
+            raise ValueError(f"task '{self.name}': give exactly one of 'builtin', 'dir' or 'data_files'")
+        if self.builtin is not None and self.builtin not in BUILTIN_TASKS:
+            close = difflib.get_close_matches(self.builtin, BUILTIN_TASKS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"builtin task '{self.builtin}' is unknown; choose one of {', '.join(BUILTIN_TASKS)}{hint}")
         return self
 
     def split_file(self, split: str) -> Path:
@@ -59,7 +83,8 @@ class TaskSpec(BaseModel):
                 )
             path = self.data_files[split]
         else:
-            path = self.dir / f"{split}.csv"
+            candidates = [self.dir / f"{split}.csv", self.dir / f"{split}.csv.gz"]
+            path = next((p for p in candidates if p.is_file()), candidates[0])
         if not path.is_file():
             raise ConfigError(f"task '{self.name}': split '{split}' file {path} does not exist")
         return path
@@ -68,8 +93,11 @@ class TaskSpec(BaseModel):
 def _resolve(task: TaskSpec, root: Path) -> TaskSpec:
     """Make the task's paths absolute against `root` and fill label metadata from meta.json."""
     upd: dict[str, Any] = {}
-    if task.dir is not None:
+    if task.builtin is not None:
+        upd["dir"] = BUILTIN_DIR / task.builtin
+    elif task.dir is not None:
         upd["dir"] = (root / task.dir).resolve()
+    if "dir" in upd:
         meta_path = upd["dir"] / "meta.json"
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
@@ -83,9 +111,12 @@ def _resolve(task: TaskSpec, root: Path) -> TaskSpec:
 
 
 def load_task_file(path: str | Path, names: list[str] | None = None) -> list[TaskSpec]:
-    """Read a YAML task file; `names` selects (and orders) a subset of its tasks."""
+    """Read a YAML task file (`builtin`: every shipped task); `names` selects (and orders) a subset."""
     path = Path(path)
-    raw = read_yaml_mapping(path, "task file")
+    if str(path) == BUILTIN:
+        raw: dict[str, Any] = {"tasks": [{"builtin": name} for name in BUILTIN_TASKS]}
+    else:
+        raw = read_yaml_mapping(path, "task file")
     if "tasks" not in raw:
         raise ConfigError(f"{path}: expected a mapping with a 'tasks' list")
     unknown = set(raw) - {"root", "tasks"}
@@ -146,8 +177,8 @@ def _load_file(task: TaskSpec, split: str):
     from datasets import load_dataset
 
     file = task.split_file(split)
-    fmt = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(file.suffix)
+    fmt = FORMATS.get("".join(file.suffixes[-2:]) if file.suffix == ".gz" else file.suffix)
     if fmt is None:
-        raise ConfigError(f"task '{task.name}': {file} is not .csv/.json/.jsonl/.parquet")
+        raise ConfigError(f"task '{task.name}': {file} is not one of {', '.join(FORMATS)}")
     kwargs = {"keep_default_na": False} if fmt == "csv" else {}
     return load_dataset(fmt, data_files={split: str(file)}, split=split, **kwargs), file
