@@ -9,7 +9,7 @@ import sys
 from .errors import MergekitHetError
 
 # Each name is a module `mergekit_het.commands.<name>` with `add_parser(subparsers)` and `run(args)`.
-COMMANDS: list[str] = ["merge", "push", "eval", "finetune", "quickstart", "federated", "continual"]
+COMMANDS: list[str] = ["merge", "push", "eval", "finetune", "quickstart", "federated", "continual", "extract_lora"]
 
 
 def build_parser() -> argparse.ArgumentParser:
