@@ -5,15 +5,25 @@ A file is: 8-byte little-endian header length N, N bytes of JSON header
 We parse the header ourselves so that tensors are read with `os.preadv` into fresh
 buffers instead of through a memory map: mapped pages count towards the process's
 resident memory until the file is closed, and the engine keeps memory bounded by a few tensors.
+
+The header is checked at least as strictly as the safetensors library checks it (its
+`Metadata::validate`): a JSON object of at most 100 MB, `__metadata__` a str→str map, every
+tensor of a known dtype with a shape of non-negative ints and two non-negative data offsets;
+sorted by offset the ranges must start at 0, follow each other without gap or overlap, each
+hold exactly numel × itemsize bytes, and end where the file ends. We also refuse duplicate
+JSON keys (the library keeps the last one). Nothing in a hostile header can make us read
+bytes outside the tensor's own range.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import reprlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,7 +44,11 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit (MAX_HEADER_SIZE)
+MAX_INDEX_BYTES = 100_000_000  # a shard index: ~10 MB for the largest public MoE checkpoints
 _ALIGN = 8
+_REPR = reprlib.Repr()  # bounded repr for error messages (keyword arguments need Python 3.12)
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 4, 4, 60, 60, 40
 
 
 @dataclass(frozen=True)
@@ -52,34 +66,147 @@ class TensorMeta:
         return self.end - self.begin
 
 
+def excerpt(value: Any, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters, so an error never echoes a huge value."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorMeta], dict[str, str]]:
-    """Parse a safetensors file's header; a one-line error if it is corrupt or truncated."""
-    size = path.stat().st_size
+    """Parse and validate a safetensors file's header; a one-line error naming the file (and
+    tensor) if it is corrupt, truncated or inconsistent with the file's size."""
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         raw = f.read(8)
         if len(raw) < 8:
             raise TensorError(f"{path}: not a safetensors file (only {size} bytes)")
         (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER_BYTES:
+            raise TensorError(f"{path}: not safetensors (header of {n} bytes, the limit is {MAX_HEADER_BYTES})")
         if n > size - 8:
             raise TensorError(f"{path}: truncated or not safetensors (header of {n} bytes, file of {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise TensorError(f"{path}: corrupt safetensors header") from None
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + n
-    tensors: dict[str, TensorMeta] = {}
-    for name, info in header.items():
-        if info["dtype"] not in DTYPES:
-            raise TensorError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        meta = TensorMeta(path, data_start + begin, data_start + end, DTYPES[info["dtype"]], tuple(info["shape"]))
-        if meta.end > size:
-            raise TensorError(
-                f"{path}: truncated shard: tensor {name} needs bytes up to {meta.end}, the file has {size}"
-            )
-        tensors[name] = meta
+        blob = f.read(n)
+    entries, metadata = parse_header(blob, size - 8 - n, str(path))
+    start = 8 + n
+    tensors = {name: TensorMeta(path, start + b, start + e, dt, shape) for name, (dt, shape, b, e) in entries.items()}
     return tensors, metadata
+
+
+Entry = tuple[torch.dtype, tuple[int, ...], int, int]  # dtype, shape, begin, end (relative to the data)
+
+
+def parse_header(blob: bytes, data_len: int, where: str) -> tuple[dict[str, Entry], dict[str, str]]:
+    """Validate header bytes `blob` for a data section of `data_len` bytes (see the module
+    docstring for the rules); every failure is a `TensorError` naming `where` and the tensor."""
+    header = load_json(blob, where, "safetensors header")
+    if not isinstance(header, dict):
+        raise TensorError(f"{where}: safetensors header is a JSON {_kind(header)}, not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise TensorError(f"{where}: __metadata__ must map strings to strings (got {excerpt(metadata)})")
+    entries = {name: _entry(info, where, f"tensor {excerpt(name, 80)}", data_len) for name, info in header.items()}
+    pos = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if begin != pos:
+            what = "overlaps the previous tensor" if begin < pos else f"leaves a gap (bytes {pos}..{begin} belong to no tensor)"
+            raise TensorError(f"{where}: tensor {excerpt(name, 80)} at data offset {begin} {what}")
+        pos = end
+    if pos != data_len:
+        raise TensorError(f"{where}: truncated shard or trailing bytes: tensors cover {pos} data bytes, the file holds {data_len}")
+    return entries, metadata
+
+
+def _entry(info: Any, where: str, tensor: str, data_len: int) -> Entry:
+    """One tensor's (dtype, shape, begin, end), checked against itself and the data size."""
+    what = f"{where}: {tensor}"
+    if not isinstance(info, dict):
+        raise TensorError(f"{what}: entry is a JSON {_kind(info)}, not an object")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+    if missing:
+        raise TensorError(f"{what}: entry has no {missing[0]}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise TensorError(f"{what} has unsupported dtype {excerpt(dtype)}; supported: {', '.join(DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+        raise TensorError(f"{what}: shape must be a list of non-negative integers (got {excerpt(shape)})")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise TensorError(f"{what}: data_offsets must be two non-negative integers (got {excerpt(offsets)})")
+    begin, end = offsets
+    if end > data_len:
+        raise TensorError(f"{where}: truncated shard: {tensor} needs bytes up to {end} of the data section, the file holds {data_len}")
+    if begin > end:
+        raise TensorError(f"{what}: data_offsets [{begin}, {end}] end before they begin")
+    nbytes = _numel_capped(shape, data_len) * DTYPES[dtype].itemsize
+    if nbytes != end - begin:
+        raise TensorError(
+            f"{what}: shape {excerpt(shape)} of {dtype} needs {nbytes} bytes, data_offsets give {end - begin}"
+        )
+    return DTYPES[dtype], tuple(shape), begin, end
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _numel_capped(shape: list[int], cap: int) -> int:
+    """∏ shape, or cap + 1 as soon as the product passes `cap` (no huge-integer products)."""
+    if 0 in shape:
+        return 0
+    n = 1
+    for s in shape:
+        n *= s
+        if n > cap:
+            return cap + 1
+    return n
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
+
+
+def load_json(blob: bytes, where: str, what: str) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, no absurd nesting or numbers."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) != len(items):
+            seen: set[str] = set()
+            dup = next(k for k, _ in items if k in seen or seen.add(k))
+            raise TensorError(f"{where}: {what} names {excerpt(dup, 80)} twice")
+        return out
+
+    def constant(name: str) -> None:
+        raise TensorError(f"{where}: {what} holds {name}, which is not JSON")
+
+    try:
+        return json.loads(blob.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
+    except UnicodeDecodeError as exc:
+        raise TensorError(f"{where}: {what} is not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise TensorError(f"{where}: {what} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of thousands of digits
+        raise TensorError(f"{where}: corrupt {what} (not valid JSON: {str(exc).splitlines()[0][:80]})") from None
+
+
+def read_index(path: Path) -> dict[str, str]:
+    """The `weight_map` of a shard index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`):
+    a non-empty str→str map; a one-line error naming the file and key otherwise."""
+    with open(path, "rb") as f:
+        blob = f.read(MAX_INDEX_BYTES + 1)
+    if len(blob) > MAX_INDEX_BYTES:
+        raise TensorError(f"{path}: index larger than {MAX_INDEX_BYTES} bytes")
+    index = load_json(blob, str(path), "index")
+    if not isinstance(index, dict):
+        raise TensorError(f"{path}: index is a JSON {_kind(index)}, not an object")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise TensorError(f"{path}: not a valid shard index (no 'weight_map' object)")
+    if not weight_map:
+        raise TensorError(f"{path}: 'weight_map' is empty (the index names no tensor)")
+    for key, value in weight_map.items():
+        if not isinstance(value, str) or not value:
+            raise TensorError(f"{path}: weight_map[{excerpt(key, 80)}] must be a file name (got {excerpt(value)})")
+    return weight_map
 
 
 def read_tensor(fd: int, meta: TensorMeta, pin_memory: bool = False) -> torch.Tensor:

@@ -12,7 +12,6 @@ Every source exposes `names()`, `meta(name) -> (shape, dtype)` (from headers, no
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -23,11 +22,9 @@ from torch import Tensor
 
 from ..errors import ConfigError, TensorError
 from .format import TensorMeta, read_header, read_range, read_tensor
+from .paths import weight_files
+from ..runtime.names import PYTORCH_INDEX_FILE, PYTORCH_WEIGHTS_NAME, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 
-SAFE_SINGLE = "model.safetensors"
-SAFE_INDEX = "model.safetensors.index.json"
-PICKLE_SINGLE = "pytorch_model.bin"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
 
 
 class TensorSource(Protocol):
@@ -66,9 +63,6 @@ class SafetensorsModel:
         m = self._metas[name]
         return m.shape, m.dtype
 
-    def nbytes(self, name: str) -> int:
-        return self._metas[name].nbytes
-
     def read(self, name: str, pin_memory: bool = False) -> Tensor:
         meta = self._metas[name]
         return read_tensor(self._fds[meta.file], meta, pin_memory)
@@ -86,20 +80,10 @@ class SafetensorsModel:
 def _safetensors_files(path: Path) -> list[Path]:
     if path.is_file() and path.suffix == ".safetensors":
         return [path]
-    index = path / SAFE_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError):
-            raise TensorError(f"{index}: not a valid safetensors index (no 'weight_map')") from None
-        files = sorted({path / f for f in weight_map.values()})
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise TensorError(f"{index} names shard {missing[0].name}, which does not exist")
+    files = weight_files(path, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE)
+    if files:
         return files
-    if (path / SAFE_SINGLE).is_file():
-        return [path / SAFE_SINGLE]
-    raise ConfigError(f"{path}: no {SAFE_SINGLE} or {SAFE_INDEX}")
+    raise ConfigError(f"{path}: no {SAFETENSORS_SINGLE_FILE} or {SAFETENSORS_INDEX_FILE}")
 
 
 class StateDictSource:
@@ -120,7 +104,7 @@ class StateDictSource:
         return self._state[name]
 
     def read_range(self, name: str, start: int, stop: int, pin_memory: bool = False) -> Tensor:
-        return self.read(name).reshape(-1)[start:stop]
+        return self._state[name].reshape(-1)[start:stop]  # a view (a subclass's `read` may copy)
 
     def close(self) -> None:
         pass
@@ -128,15 +112,10 @@ class StateDictSource:
 
 class PickleModel(StateDictSource):
     """`pytorch_model.bin` checkpoints, memory-mapped by `torch.load(mmap=True, weights_only=True)`;
-    each read copies the tensor out of the map."""
+    each read copies the tensor (or the chunk: `read_range` copies only its elements) out of the map."""
 
     def __init__(self, path: Path):
-        index = path / PICKLE_INDEX
-        files = (
-            sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
-            if index.is_file()
-            else [path / PICKLE_SINGLE]
-        )
+        files = weight_files(path, PYTORCH_INDEX_FILE, PYTORCH_WEIGHTS_NAME)
         tensors: dict[str, Tensor] = {}
         for file in files:
             try:
@@ -199,4 +178,4 @@ class DerivedSource:
 
 
 def has_model_weights(path: Path) -> bool:
-    return any((path / f).is_file() for f in (SAFE_SINGLE, SAFE_INDEX, PICKLE_SINGLE, PICKLE_INDEX))
+    return any((path / f).is_file() for f in (SAFETENSORS_SINGLE_FILE, SAFETENSORS_INDEX_FILE, PYTORCH_WEIGHTS_NAME, PYTORCH_INDEX_FILE))
