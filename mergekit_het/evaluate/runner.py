@@ -1,7 +1,7 @@
 """Evaluate a model folder on tasks: load it with one head per task, predict in batches, score.
 
 A model is an encoder (the weights that get merged) plus, for every task, a head:
-- frozen-head protocol (`modeling.EncoderWithFrozenHead`): the head is `head.safetensors` of
+- frozen-head protocol (`models.classifier.PooledClassifier` with a frozen head): the head is `head.safetensors` of
   the folder, or of the task's expert folder (`heads={task: folder}`); all tasks share the
   model's encoder module;
 - plain `AutoModelForSequenceClassification` folders: the folder's own head, or the task
@@ -24,9 +24,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, MergekitHetError
+from ..models.classifier import PooledClassifier
 from ..models.encoder import (
     HEAD_FILE,
-    EncoderWithFrozenHead,
     load_classifier,
     load_encoder,
     model_head_labels,
@@ -120,18 +120,18 @@ def load_model(
     classifiers: dict[str, nn.Module] = {}  # head folder -> classifier holding a copy of the encoder
     for task, (src, head) in sources.items():
         if isinstance(head, RidgeHead):
-            modules[task] = EncoderWithFrozenHead(encoder, head, float(head.metadata.get("temperature", 1.0)))
+            modules[task] = PooledClassifier(encoder, head, float(head.metadata.get("temperature", 1.0)))
             continue
         if src not in classifiers:
             classifiers[src] = load_classifier(src, head, dtype)
             classifiers[src].base_model.load_state_dict(encoder.state_dict(), strict=True)
         modules[task] = classifiers[src]
-    shared = [encoder] if any(isinstance(m, EncoderWithFrozenHead) for m in modules.values()) else []
+    shared = [encoder] if any(isinstance(m, PooledClassifier) for m in modules.values()) else []
     return MultiTaskModel(str(model), modules, shared + [c.base_model for c in classifiers.values()])
 
 
 def read_encoder(model: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
-    """The folder's backbone (`modeling.load_encoder`); a one-line error if it cannot be read."""
+    """The folder's backbone (`models.encoder.load_encoder`); a one-line error if it cannot be read."""
     from safetensors import SafetensorError
 
     try:

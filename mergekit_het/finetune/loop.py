@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..models.encoder import HEAD_FILE, EncoderWithFrozenHead, load_tokenizer
+from ..models.classifier import PooledClassifier
+from ..models.encoder import HEAD_FILE, load_tokenizer
 from . import io
 from .config import FinetuneConfig
 from .data import TaskData, eval_batches, tokenize, train_batches
@@ -79,7 +80,7 @@ def evaluate(model, ds, tokenizer, cfg: FinetuneConfig, accelerator) -> dict[str
 
 def _masks_by_saved_name(model, masks, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
     """TaLoS masks keyed like the saved expert's tensors (the base checkpoint's names)."""
-    if isinstance(model, EncoderWithFrozenHead):
+    if isinstance(model, PooledClassifier):
         stripped = {n.removeprefix("encoder."): m for n, m in masks.items()}
         return io.align_to_base(stripped, cfg.model, model.encoder.base_model_prefix, fill=False)
     return io.align_to_base(masks, cfg.model, model.base_model_prefix, fill=False)
@@ -89,12 +90,12 @@ def save_expert(model, cfg: FinetuneConfig, tokenizer, folder: Path, info: dict,
     """Write one expert folder: weights (or a LoRA adapter), tokenizer, head, mask, expert.json."""
     folder.mkdir(parents=True, exist_ok=True)
     lora = cfg.mode == "lora"
-    net = model.encoder if isinstance(model, EncoderWithFrozenHead) else model
+    net = model.encoder if isinstance(model, PooledClassifier) else model
     if lora:
         net.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors
     else:
         prefix = getattr(net, "base_model_prefix", "")
-        if isinstance(model, EncoderWithFrozenHead):  # encoder under the base checkpoint's names
+        if isinstance(model, PooledClassifier):  # encoder under the base checkpoint's names
             state = io.align_to_base(net.state_dict(), cfg.model, prefix)
             io.save_state_dict(state, folder)
             net.config.save_pretrained(folder)

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.classifier import PooledClassifier
 from ..models.encoder import (
     HEAD_FILE,
-    EncoderWithFrozenHead,
     encode_texts,
     load_causal_lm,
     load_classifier,
@@ -103,7 +103,7 @@ def build_model(cfg: FinetuneConfig, tokenizer, data: TaskData, accelerator, wor
         head = ridge_head(cfg, encoder, tokenizer, data, accelerator)
         if accelerator.is_main_process:
             head.save(saved)
-    return EncoderWithFrozenHead(encoder, head, float(head.metadata.get("temperature", cfg.head.temperature)))
+    return PooledClassifier(encoder, head, float(head.metadata.get("temperature", cfg.head.temperature)))
 
 
 def talos_masks(cfg: FinetuneConfig, model: nn.Module, tokenizer, data: TaskData, accelerator, work: Path):
@@ -167,7 +167,7 @@ def apply_lora(cfg: FinetuneConfig, model: nn.Module) -> nn.Module:
         target_modules=cfg.lora.target_modules, task_type=task_type,
     )
     try:
-        if isinstance(model, EncoderWithFrozenHead):
+        if isinstance(model, PooledClassifier):
             model.encoder = get_peft_model(model.encoder, lcfg)
             return model
         return get_peft_model(model, lcfg)

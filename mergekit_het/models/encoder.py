@@ -1,8 +1,7 @@
-"""Loading HF checkpoints as encoders, classifiers or causal LMs, and the frozen-head classifier.
+"""Loading HF checkpoints as encoders, classifiers or causal LMs; mean-pooled features.
 
-The frozen-head protocol (see /work/shared/data/README.md, "A protocol that makes merges
-comparable"): each task gets a linear head computed in closed form on the PRETRAINED encoder's
-mean-pooled features (ridge regression, `mergekit_het.models.ridge`, Fed3R semantics), and only the
+The frozen-head protocol (docs/finetune.md, "Protocols"): each task gets a linear head computed
+in closed form on the PRETRAINED encoder's mean-pooled features (ridge regression, `mergekit_het.models.ridge`, Fed3R semantics), and only the
 encoder is fine-tuned under that fixed head. Logits are `head(mean_pool(encoder(x))) / T`
 (Fed3R+FT divides logits by a temperature T, 0.1 with a normalized head; T = 1 leaves them).
 
@@ -11,8 +10,7 @@ tok = load_tokenizer(path)
 enc = load_encoder(path)
 feats = encode_texts(enc, tok, texts, max_length=64)       # (n, d) float32, mean-pooled
 head = fit_ridge(feats, labels, num_classes, lam=0.01).normalized()
-model = EncoderWithFrozenHead(enc, head, temperature=0.1)  # forward(...).logits / .loss
-model = EncoderWithFrozenHead.from_folder(expert_dir)      # encoder + head.safetensors
+model = PooledClassifier(enc, head, temperature=0.1)       # models.classifier: .logits / .loss
 ```
 """
 
@@ -20,14 +18,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import ConfigError
-from .ridge import RidgeHead
+from ..runtime.batching import encoder_inputs, eval_batches
+from ..runtime.evaluation import eval_mode
 
 HEAD_FILE = "head.safetensors"
 
@@ -112,64 +109,6 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
-def _encoder_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-
-
-class EncoderWithFrozenHead(nn.Module):
-    """logits = head(mean_pool(encoder(x))) / temperature with a FIXED head (buffers, never trained).
-
-    `forward` takes the tokenizer's batch (`input_ids`, `attention_mask`[, `token_type_ids`]) and
-    optional `labels`, and returns a `SequenceClassifierOutput` (cross-entropy `loss` if labels).
-    """
-
-    def __init__(self, encoder: nn.Module, head: RidgeHead, temperature: float = 1.0) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ConfigError(f"head temperature must be > 0, got {temperature}")
-        hidden = getattr(encoder.config, "hidden_size", None)
-        if hidden is not None and hidden != head.dim:
-            raise ConfigError(f"head has input dim {head.dim} but the encoder's hidden size is {hidden}")
-        self.encoder = encoder
-        self.temperature = float(temperature)
-        self.register_buffer("head_weight", head.weight.detach().float().clone(), persistent=False)
-        self.register_buffer("head_bias", head.bias.detach().float().clone(), persistent=False)
-
-    @property
-    def num_labels(self) -> int:
-        return self.head_weight.shape[0]
-
-    def head(self) -> RidgeHead:
-        return RidgeHead(self.head_weight.cpu(), self.head_bias.cpu(), {"temperature": str(self.temperature)})
-
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kw)
-        return mean_pool(out.last_hidden_state, attention_mask)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> SequenceClassifierOutput:
-        kw = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        feats = self.features(input_ids, attention_mask, **kw).float()
-        logits = (feats @ self.head_weight.T + self.head_bias) / self.temperature
-        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
-    @classmethod
-    def from_folder(cls, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> "EncoderWithFrozenHead":
-        """Load an expert folder written by the frozen-head protocol: encoder weights + head file
-        (its `temperature` metadata, default 1)."""
-        head_path = Path(folder) / HEAD_FILE
-        if not head_path.is_file():
-            raise ConfigError(f"{folder} has no {HEAD_FILE}; it is not a frozen-head expert")
-        head = RidgeHead.load(head_path)
-        return cls(load_encoder(folder, dtype), head, float(head.metadata.get("temperature", 1.0)))
-
-
 @torch.no_grad()
 def encode_texts(
     encoder: nn.Module,
@@ -185,18 +124,19 @@ def encode_texts(
     from tqdm.auto import tqdm
 
     device = device or next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
+    rows = [dict(r) for r in _rows(tokenizer(list(texts), truncation=True, max_length=max_length))]
     chunks = []
-    starts = range(0, len(texts), batch_size)
-    for i in tqdm(starts, desc="features", disable=not progress, leave=False):
-        batch = tokenizer(
-            list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        batch = {k: v.to(device) for k, v in _encoder_inputs(batch).items()}
-        hidden = encoder(**batch).last_hidden_state
-        chunks.append(mean_pool(hidden, batch["attention_mask"]).float().cpu())
-    encoder.train(was_training)
+    with eval_mode(encoder):
+        for _, batch in tqdm(eval_batches(rows, tokenizer, batch_size, device=device), desc="features",
+                             total=-(-len(rows) // batch_size), disable=not progress, leave=False):
+            hidden = encoder(**encoder_inputs(batch)).last_hidden_state
+            chunks.append(mean_pool(hidden, batch["attention_mask"]).float().cpu())
     if not chunks:
         return torch.zeros(0, encoder.config.hidden_size)
     return torch.cat(chunks)
+
+
+def _rows(encoding) -> list[dict]:
+    """A tokenizer's column-wise output for n texts as n row dicts."""
+    keys = list(encoding.keys())
+    return [{k: encoding[k][i] for k in keys} for i in range(len(encoding["input_ids"]))]

@@ -64,18 +64,24 @@ def deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One `loc: message (got value)` string per pydantic error (the input is shown where the
+    message does not already say what was wrong with it)."""
+    msgs = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error", "extra_forbidden") else ""
+        msgs.append(f"{loc}: {msg}{got}" if loc else msg)
+    return msgs
+
+
 def validate(cls: type[C], raw: dict[str, Any], where: str) -> C:
     """`cls(**raw)`, with every validation problem reported at once on one line."""
     try:
         return cls(**raw)
     except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error", "extra_forbidden") else ""
-            msgs.append(f"{loc}: {msg}{got}" if loc else msg)
-        raise ConfigError(f"{where}: " + "; ".join(msgs)) from None
+        raise ConfigError(f"{where}: " + "; ".join(validation_problems(exc))) from None
 
 
 def load_config(cls: type[C], source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> C:

@@ -5,9 +5,9 @@ import torch
 
 from finetune_fixtures import NUM_LABELS, make_bert
 from mergekit_het.errors import ConfigError
+from mergekit_het.models.classifier import PooledClassifier
 from mergekit_het.models.encoder import (
     HEAD_FILE,
-    EncoderWithFrozenHead,
     encode_texts,
     load_classifier,
     load_encoder,
@@ -47,16 +47,16 @@ def test_frozen_head_logits_equal_ridge_head_over_temperature(tiny_bert, tmp_pat
     texts, labels = ["w1 w2", "w7 w8 w9", "w10", "w3"], torch.tensor([0, 1, 2, 0])
     feats = encode_texts(enc, tok, texts)
     head = fit_ridge(feats, labels, NUM_LABELS, lam=0.1)
-    model = EncoderWithFrozenHead(enc, head, temperature=0.5).eval()
+    model = PooledClassifier(enc, head, temperature=0.5).eval()
     batch = tok(texts, padding=True, return_tensors="pt")
     out = model(**batch, labels=labels)
     torch.testing.assert_close(out.logits, head(feats).float() / 0.5, rtol=1e-4, atol=1e-5)
     assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits, labels).item())
-    assert [n for n, _ in model.named_parameters() if "head" in n] == []  # the head is never trained
+    assert [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")] == []  # frozen
     # round trip through a folder
     enc.save_pretrained(tmp_path)
     RidgeHead(head.weight, head.bias, {"temperature": "0.5"}).save(tmp_path / HEAD_FILE)
-    back = EncoderWithFrozenHead.from_folder(tmp_path).eval()
+    back = PooledClassifier.from_folder(tmp_path).eval()
     torch.testing.assert_close(back(**batch).logits, out.logits)
 
 
