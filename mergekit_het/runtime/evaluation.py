@@ -13,14 +13,14 @@ totals.accuracy, totals.mean_loss, totals.preds      # preds[i] is row i's predi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .batching import Batch
+from .batching import Batch, eval_batches, length_order
 
 
 @contextmanager
@@ -107,3 +107,14 @@ def evaluate_batches(
     if reduce is not None:
         sums = reduce(sums)
     return EvalTotals(sums, preds, labels_out)
+
+
+def evaluate_classifier(
+    model: nn.Module, rows: Sequence[dict], tokenizer, batch_size: int, *, device: str | torch.device | None = None
+) -> EvalTotals:
+    """A classifier (HF call convention: `model(**inputs).logits`) on tokenized rows with labels,
+    in length-sorted batches, eval mode, on `device` (default: the model's)."""
+    device = device or next(model.parameters()).device
+    with eval_mode(model):
+        batches = eval_batches(rows, tokenizer, batch_size, order=length_order(rows), device=device)
+        return evaluate_batches(lambda b: model(**b).logits, batches, num_rows=len(rows), device=device)
