@@ -34,7 +34,7 @@ from ..evaluate.plots import plot_accuracy_matrix
 from ..federated.client import train_client
 from ..federated.model import PooledClassifier, head_inputs, load_trainable, trainable_state
 from ..federated.runner import evaluate_rows
-from ..finetune.data import collate
+from ..runtime.batching import collate
 from ..finetune.io import check_output, publish, work_dir
 from ..models.encoder import load_encoder, load_tokenizer, resolve_model
 from ..models.ridge import fit_ridge

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..finetune.data import tokenize
+from ..runtime.batching import tokenize
 from ..data.tasks import load_split, load_task_file, num_labels_of
 from .config import ContinualConfig
 
