@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import reprlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import TensorError
+from ..errors import TensorError, excerpt
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -47,8 +46,6 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit (MAX_HEADER_SIZE)
 MAX_INDEX_BYTES = 100_000_000  # a shard index: ~10 MB for the largest public MoE checkpoints
 _ALIGN = 8
-_REPR = reprlib.Repr()  # bounded repr for error messages (keyword arguments need Python 3.12)
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 4, 4, 60, 60, 40
 
 
 @dataclass(frozen=True)
@@ -64,12 +61,6 @@ class TensorMeta:
     @property
     def nbytes(self) -> int:
         return self.end - self.begin
-
-
-def excerpt(value: Any, limit: int = 40) -> str:
-    """`repr(value)` cut to `limit` characters, so an error never echoes a huge value."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorMeta], dict[str, str]]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, excerpt
+from .bounded_yaml import load_yaml, parse_yaml
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -28,12 +28,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}") from None
+    raw = load_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return raw
@@ -52,7 +47,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}' conflicts with an earlier override of '{part}'")
-        node[leaf] = yaml.safe_load(value) if value else ""
+        node[leaf] = parse_yaml(value, f"override '{key}'") if value else ""
     return out
 
 
@@ -71,7 +66,7 @@ def validation_problems(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error", "extra_forbidden") else ""
+        got = f" (got {excerpt(err['input'])})" if err["type"] not in ("missing", "value_error", "extra_forbidden") else ""
         msgs.append(f"{loc}: {msg}{got}" if loc else msg)
     return msgs
 
