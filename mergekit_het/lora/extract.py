@@ -11,7 +11,7 @@ decomposed transposed (Δᵀ, [hidden, vocab]: `lora_embedding_A` [r, vocab], `l
 [out, r, 1, …], peft's conv LoRA). A bias changed by fine-tuning is saved as Δbias in `lora_B.bias`
 (with `lora_bias: true`, so peft loads it). Factors and biases are cast to the fine-tuned weight's dtype.
 
-Modules saved whole hold the fine-tuned tensors under `base_model.model.<module>.weight`/`.bias`.
+Modules saved whole hold the fine-tuned tensors under `base_model.model.<module>.<weight|bias|...>`.
 Memory: one weight pair at a time plus the factors already computed (the adapter's own size); the
 modules saved whole are read one at a time while the file is written. The output folder is staged
 and moved into place only when complete.
@@ -187,10 +187,9 @@ def _write_adapter(folder: Path, plan: TargetPlan, ft: TensorSource, base: Tenso
     full = [t for t in plan.targets if t.kind == "full"]
     entries = [(n, v.dtype, tuple(v.shape)) for n, v in factors.items()]
     for t in full:
-        for src, suffix in ((t.weight, "weight"), (t.bias, "bias")):
-            if src:
-                shape, dtype = ft.meta(src)
-                entries.append((f"{PREFIX}{t.module}.{suffix}", dtype, shape))
+        for local, src in t.tensors.items():
+            shape, dtype = ft.meta(src)
+            entries.append((f"{PREFIX}{t.module}.{local}", dtype, shape))
     if not entries:
         raise ConfigError("nothing to write: every module was left out (lower --sv-epsilon or widen the regexes)")
     writer = ShardedWriter(folder, entries, max_shard_size=1 << 62)  # one file, as peft expects
@@ -198,9 +197,9 @@ def _write_adapter(folder: Path, plan: TargetPlan, ft: TensorSource, base: Tenso
         for name, value in factors.items():
             writer.write(name, value)
         for t in full:
-            writer.write(f"{PREFIX}{t.module}.weight", ft.read(t.weight))
-            if t.bias:
-                writer.write(f"{PREFIX}{t.module}.bias", ft.read(t.bias))
+            for local, src in t.tensors.items():
+                # flat: ShardedWriter cannot byte-view a 0-d tensor (BatchNorm's num_batches_tracked)
+                writer.write(f"{PREFIX}{t.module}.{local}", ft.read(src).reshape(-1))
             bar.update()
         writer.finish()
     finally:

@@ -5,13 +5,16 @@ The module tree comes from the fine-tuned model's `config.json`, instantiated on
 parameter, in `named_modules()` order (mergekit's rules):
 1. an input/output embedding or `nn.Embedding`, without `embed_lora` and not excluded: its last
    name component joins `modules_to_save`;
-2. its name or last component in `modules_to_save`: saved whole (fine-tuned weight and bias);
+2. its name or last component in `modules_to_save`: saved whole (every fine-tuned parameter and
+   buffer of the module in the checkpoint: weight, bias, a BatchNorm's running statistics);
 3. else, if it passes the regexes (any `include` matches by `re.search`, when given; no `exclude`):
    `nn.Linear`, `nn.Conv1d`, `nn.Conv2d` → LoRA; `nn.Embedding` → embedding LoRA (Δ transposed);
    any other type (norms, transformers' GPT-2 `Conv1D`) → saved whole and its last component
    added to `modules_to_save`, or left out with `skip_undecomposable`.
 A tied weight absent from the checkpoint (`lm_head` tied to `embed_tokens`) is read under the name
-it is tied to; a weight absent under every name is left out.
+it is tied to; a weight absent under every name is an error (the adapter would silently miss it):
+architectures whose checkpoint names are not their module paths (transformers 5 renames some, ViT
+for one, on load) are refused.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TensorError
 
 Kind = Literal["lora", "embedding", "full"]
 _DECOMPOSABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
@@ -35,9 +38,16 @@ class Target:
     """One module of the adapter: its path, the checkpoint tensors it reads, how it is stored."""
 
     module: str
-    weight: str  # checkpoint name of the weight (a tied alias resolved)
-    bias: str | None
+    tensors: dict[str, str]  # local name ("weight", "bias", ...) -> checkpoint name (a tied alias resolved)
     kind: Kind
+
+    @property
+    def weight(self) -> str:
+        return self.tensors["weight"]
+
+    @property
+    def bias(self) -> str | None:
+        return self.tensors.get("bias")
 
 
 @dataclass
@@ -69,43 +79,50 @@ def plan_targets(model: nn.Module, present: set[str], *, embed_lora: bool, save_
                  include: list[str], exclude: list[str], skip_undecomposable: bool) -> TargetPlan:  # fmt: skip
     """Apply the rules of the module docstring to `model`; `present` is the checkpoint's tensor names."""
     aliases = _tied_names(model)
-    embeddings = {id(m) for m in (model.get_input_embeddings(), _output_embeddings(model)) if m is not None}
+    embeddings = {id(m) for m in (_embeddings(model, "input"), _embeddings(model, "output")) if m is not None}
     plan = TargetPlan([], list(save_modules))
+    missing = []
     for name, module in model.named_modules():
-        if "weight" not in dict(module.named_parameters(recurse=False)):
+        local = [n for n, _ in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False))]
+        if "weight" not in local:
             continue
-        weight = _checkpoint_name(f"{name}.weight", present, aliases)
-        if weight is None:
-            plan.notes.append(f"{name}.weight is not in the fine-tuned checkpoint; left out")
+        found = {n: _checkpoint_name(f"{name}.{n}" if name else n, present, aliases) for n in local}
+        tensors = {n: c for n, c in found.items() if c is not None}
+        if "weight" not in tensors:
+            missing.append(f"{name}.weight")
             continue
-        bias = _checkpoint_name(f"{name}.bias", present, aliases)
+        lora_tensors = {n: c for n, c in tensors.items() if n in ("weight", "bias")}
         key = name.split(".")[-1]
         is_embedding = id(module) in embeddings or isinstance(module, nn.Embedding)
         if is_embedding and not embed_lora and not any(re.search(r, name) for r in exclude) and key not in plan.modules_to_save:
             plan.modules_to_save.append(key)
         if name in plan.modules_to_save or key in plan.modules_to_save:
-            plan.targets.append(Target(name, weight, bias, "full"))
+            plan.targets.append(Target(name, tensors, "full"))
         elif (not include or any(re.search(r, name) for r in include)) and not any(re.search(r, name) for r in exclude):
             if isinstance(module, _DECOMPOSABLE):
-                plan.targets.append(Target(name, weight, bias, "embedding" if isinstance(module, nn.Embedding) else "lora"))
+                plan.targets.append(Target(name, lora_tensors, "embedding" if isinstance(module, nn.Embedding) else "lora"))
             elif skip_undecomposable:
                 plan.notes.append(f"{name} ({type(module).__name__}) cannot be decomposed; skipped")
             else:
-                plan.targets.append(Target(name, weight, bias, "full"))
+                plan.targets.append(Target(name, tensors, "full"))
                 if key not in plan.modules_to_save:
                     plan.modules_to_save.append(key)
+    if missing:
+        raise TensorError(f"{missing[0]}: a weight of {type(model).__name__} that the checkpoint does not hold under that name "
+                          f"({len(missing)} such); extract-lora needs checkpoint names equal to the module paths")  # fmt: skip
     return plan
 
 
 def input_embedding_weight(model: nn.Module) -> str | None:
     """The parameter name of the model's input embedding matrix (for the vocabulary check)."""
-    emb = model.get_input_embeddings()
-    return next((f"{n}.weight" for n, m in model.named_modules() if m is emb), None)
+    emb = _embeddings(model, "input")
+    return next((f"{n}.weight" for n, m in model.named_modules() if m is emb), None) if emb is not None else None
 
 
-def _output_embeddings(model: nn.Module) -> nn.Module | None:
+def _embeddings(model: nn.Module, side: Literal["input", "output"]) -> nn.Module | None:
+    """`get_input_embeddings()` / `get_output_embeddings()`, None where the model has none (ResNet)."""
     try:
-        return model.get_output_embeddings()
+        return getattr(model, f"get_{side}_embeddings")()
     except (AttributeError, NotImplementedError):
         return None
 
