@@ -1,6 +1,7 @@
 """Fine-tune one expert for merging: dense, undertrained, TaLoS (sparse) or LoRA.
 
-Thin recipe over `mergekit_het.finetune` (setup, explicit loop, save). Launch with any of:
+The recipe it runs, readable top to bottom (setup, explicit loop, save), is
+`mergekit_het/finetune/recipe.py`; `mergekit-het finetune` runs the same one. Launch with any of:
 
     python finetune/finetune.py finetune/configs/minilm_frozen_head_dense.yaml
     python finetune/finetune.py finetune/configs/minilm_frozen_head_talos.yaml data.task=wordnet_pos \\
@@ -9,8 +10,8 @@ Thin recipe over `mergekit_het.finetune` (setup, explicit loop, save). Launch wi
     accelerate launch --num_processes 4 finetune/finetune.py CONFIG        # 4 GPUs
     mergekit-het finetune CONFIG [--overwrite] [--resume] [key.sub=value ...]
 
-Flags `--overwrite` and `--resume` are accepted here too. Exit status 2 with a one-line message
-on bad input (checked before training starts).
+Flags `--overwrite`, `--output DIR` and `--resume` are accepted here too. Exit status 2 with a
+one-line message on bad input (checked before training starts).
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Fine-tuning experts (dense, undertrained, TaLoS sparse, LoRA) for merging; see docs/finetune.md."""
 
 from .config import FinetuneConfig, load_finetune_config
-from .loop import finetune
+from .recipe import FinetuneRecipe, finetune
 
-__all__ = ["FinetuneConfig", "finetune", "load_finetune_config"]
+__all__ = ["FinetuneConfig", "FinetuneRecipe", "finetune", "load_finetune_config"]

@@ -1,4 +1,5 @@
-"""Task data for fine-tuning: `datasets` splits, tokenization, deterministic sharded batches.
+"""Task data for fine-tuning: `datasets` splits and the deterministic sharded train batches
+(tokenization, padding and evaluation batches: `runtime.batching`).
 
 Batch order is a pure function of (seed, epoch, step): epoch e visits the train split in the
 order `randperm(n, seed + e)`, each global batch of `batch_size * world` examples is dealt to
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
 from ..data.tasks import TaskSpec, load_split, load_task_file, num_labels_of
+from ..errors import ConfigError
+from ..runtime.batching import collate
+from ..runtime.seeding import generator
 from .config import FinetuneConfig
 
 
@@ -42,30 +45,8 @@ def load_task_data(cfg: FinetuneConfig, splits: tuple[str, ...] = ("train", "val
     return TaskData(task, num_labels_of(task), out)
 
 
-def tokenize(ds, tokenizer, max_length: int, causal_lm: bool = False) -> list[dict]:
-    """Batched tokenization into a list of rows (fast to index); classification keeps `labels`,
-    causal LM trains on the text itself."""
-
-    def fn(rows):
-        enc = tokenizer(rows["text"], truncation=True, max_length=max_length)
-        if not causal_lm:
-            enc["labels"] = rows["label"]
-        return enc
-
-    return ds.map(fn, batched=True, remove_columns=ds.column_names, desc="tokenize").to_list()
-
-
-def collate(rows: list[dict], tokenizer, causal_lm: bool = False) -> dict[str, torch.Tensor]:
-    """Pad a list of tokenized rows; for causal LM, labels = input_ids with padding set to -100."""
-    batch = tokenizer.pad(rows, return_tensors="pt")
-    if causal_lm:
-        labels = batch["input_ids"].clone()
-        labels[batch["attention_mask"] == 0] = -100
-        batch["labels"] = labels
-    return dict(batch)
-
-
 def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    """Global batches of `batch_size * world` examples in one pass over `n` (the rest dropped)."""
     steps = n // (batch_size * world)
     if steps == 0:
         raise ConfigError(
@@ -83,15 +64,8 @@ def train_batches(
     step = start_step
     while True:
         epoch, offset = divmod(step, per_epoch)
-        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        order = torch.randperm(len(ds), generator=generator(seed + epoch)).tolist()
         for s in range(offset, per_epoch):
             glob = order[s * batch_size * world : (s + 1) * batch_size * world]
             yield collate([ds[i] for i in glob[rank::world]], tokenizer, causal_lm)
         step = (epoch + 1) * per_epoch
-
-
-def eval_batches(ds: list[dict], tokenizer, *, batch_size: int, rank: int = 0, world: int = 1, causal_lm: bool = False):
-    """This process's share (`[rank::world]`) of an evaluation split, in order, unshuffled."""
-    idx = list(range(rank, len(ds), world))
-    for i in range(0, len(idx), batch_size):
-        yield collate([ds[j] for j in idx[i : i + batch_size]], tokenizer, causal_lm)

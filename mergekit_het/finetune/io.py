@@ -1,5 +1,8 @@
 """Writing experts: HF folder (safetensors) + `expert.json`, atomic publication, task vectors, masks.
 
+An expert folder: the weights (or a LoRA adapter), the tokenizer, `head.safetensors` (frozen
+head), `talos_mask.safetensors` (TaLoS), `task_vector.safetensors` (if asked) and `expert.json`.
+
 A frozen-head expert holds the ENCODER under the pretrained checkpoint's own tensor names (a
 `bert.` prefix is added or removed to match, tensors the model does not produce such as
 `embeddings.position_ids` are copied from the base), so the merge engine merges it against the
@@ -10,6 +13,7 @@ base directly, plus `head.safetensors`. Everything is written under a hidden wor
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -17,8 +21,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..runtime import files as atomic
 from ..errors import ConfigError
+from ..models.classifier import PooledClassifier
+from ..models.encoder import HEAD_FILE
+from ..runtime import files as atomic
+from ..runtime.names import SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
+from .config import FinetuneConfig
 
 HINT = "--overwrite (output.overwrite=true)"
 
@@ -43,10 +51,10 @@ def publish(src: Path, out: Path, overwrite: bool) -> None:
 
 def _base_files(base: str | Path) -> list[Path]:
     base = Path(base)
-    index = base / "model.safetensors.index.json"
+    index = base / SAFETENSORS_INDEX_FILE
     if index.is_file():
         return sorted({base / f for f in json.loads(index.read_text())["weight_map"].values()})
-    single = base / "model.safetensors"
+    single = base / SAFETENSORS_SINGLE_FILE
     return [single] if single.is_file() else []
 
 
@@ -121,9 +129,56 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def read_expert_info(folder: str | Path) -> dict:
-    """The `expert.json` of an expert folder."""
-    path = Path(folder) / EXPERT_FILE
-    if not path.is_file():
-        raise ConfigError(f"{folder} has no {EXPERT_FILE}; it was not written by mergekit-het finetune")
-    return json.loads(path.read_text())
+def _masks_by_saved_name(model, masks, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
+    """TaLoS masks keyed like the saved expert's tensors (the base checkpoint's names)."""
+    if isinstance(model, PooledClassifier):
+        stripped = {n.removeprefix("encoder."): m for n, m in masks.items()}
+        return align_to_base(stripped, cfg.model, model.encoder.base_model_prefix, fill=False)
+    return align_to_base(masks, cfg.model, model.base_model_prefix, fill=False)
+
+
+def save_expert(model, cfg: FinetuneConfig, tokenizer, folder: Path, info: dict, masks=None, head_file=None) -> None:
+    """Write one expert folder: weights (or a LoRA adapter), tokenizer, head, mask, expert.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    net = model.encoder if isinstance(model, PooledClassifier) else model
+    if cfg.mode == "lora":
+        net.save_pretrained(folder)  # adapter_config.json + adapter_model.safetensors
+    else:
+        prefix = getattr(net, "base_model_prefix", "")
+        if isinstance(model, PooledClassifier):  # encoder under the base checkpoint's names
+            state = align_to_base(net.state_dict(), cfg.model, prefix)
+            save_state_dict(state, folder)
+            net.config.save_pretrained(folder)
+        else:
+            net.save_pretrained(folder)
+            state = align_to_base(net.state_dict(), cfg.model, prefix, fill=False)
+        if cfg.output.save_task_vector:
+            save_task_vector(state, cfg.model, folder / TASK_VECTOR_FILE)
+    tokenizer.save_pretrained(folder)
+    if head_file is not None:
+        shutil.copyfile(head_file, folder / HEAD_FILE)
+    if masks is not None:
+        save_masks(_masks_by_saved_name(model, masks, cfg), folder / MASK_FILE, {"sparsity": str(cfg.talos.sparsity)})
+    write_json(folder / EXPERT_FILE, info)
+
+
+def expert_info(cfg: FinetuneConfig, task: str, num_labels: int, train_examples: int, step: int,
+                trainable_fraction: float | None, metrics: dict, world: int) -> dict:
+    """The content of `expert.json`: what was trained, from what, how far, with what result."""
+    return {
+        "format": "mergekit-het expert v1",
+        "base_model": str(Path(cfg.model).resolve()) if Path(cfg.model).is_dir() else cfg.model,
+        "protocol": cfg.protocol,
+        "mode": cfg.mode,
+        "task": {"name": task, "task_file": str(cfg.data.task_file), "num_labels": num_labels,
+                 "train_examples": train_examples},
+        "steps": step,
+        "max_steps": cfg.train.max_steps,
+        "budget_fraction": cfg.train.budget_fraction,
+        "sparsity": None if trainable_fraction is None
+        else {"requested": cfg.talos.sparsity, "trainable_fraction": trainable_fraction},
+        "seed": cfg.train.seed,
+        "processes": world,
+        "metrics": metrics,
+        "config": json.loads(cfg.model_dump_json()),
+    }  # fmt: skip

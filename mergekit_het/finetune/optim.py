@@ -72,6 +72,3 @@ class MaskedAdamW(torch.optim.Optimizer):
                 new = p.mul(1 - lr * wd).addcdiv_(exp_avg, denom, value=-step_size)
                 p.copy_(new if mask is None else torch.where(mask, new, p))
         return loss
-
-    def mask_of(self, p: torch.nn.Parameter) -> torch.Tensor | None:
-        return self._masks.get(id(p))

@@ -24,13 +24,12 @@ from ..models.encoder import (
     resolve_model,
 )
 from ..models.ridge import RidgeHead, RidgeStatistics
+from ..runtime.batching import eval_batches, tokenize
+from ..runtime.device import parse_dtype
 from . import io
 from .config import FinetuneConfig
-from .data import TaskData, eval_batches, load_task_data, tokenize
+from .data import TaskData, load_task_data
 from .talos import HEAD_NAMES, calibrate_masks, prunable_parameters
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def preflight(cfg: FinetuneConfig) -> TaskData:
     """All input checks; returns the loaded task data."""
@@ -88,7 +87,7 @@ def ridge_head(cfg: FinetuneConfig, encoder: nn.Module, tokenizer, data: TaskDat
 
 def build_model(cfg: FinetuneConfig, tokenizer, data: TaskData, accelerator, work: Path) -> nn.Module:
     """The trainable model for the configured protocol (LoRA applied later by `apply_lora`)."""
-    dtype = DTYPES[cfg.dtype]
+    dtype = parse_dtype(cfg.dtype)
     if cfg.protocol == "classifier":
         return load_classifier(cfg.model, data.num_labels, dtype, pad_token_id=tokenizer.pad_token_id)
     if cfg.protocol == "causal_lm":
@@ -119,9 +118,9 @@ def talos_masks(cfg: FinetuneConfig, model: nn.Module, tokenizer, data: TaskData
     rank, world = accelerator.process_index, accelerator.num_processes
 
     def batches():
-        for b in eval_batches(calib, tokenizer, batch_size=cfg.train.eval_batch_size, rank=rank, world=world,
-                              causal_lm=cfg.protocol == "causal_lm"):
-            yield {k: v.to(accelerator.device) for k, v in b.items()}
+        shard = eval_batches(calib, tokenizer, cfg.train.eval_batch_size, rank=rank, world=world,
+                             causal_lm=cfg.protocol == "causal_lm", device=accelerator.device)  # fmt: skip
+        return (batch for _, batch in shard)
 
     masks = calibrate_masks(
         model, batches, sparsity=cfg.talos.sparsity, rounds=cfg.talos.rounds, frozen_scale=cfg.talos.frozen_scale,

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from mergekit_het.errors import ConfigError
 from mergekit_het.finetune import finetune, load_finetune_config
-from mergekit_het.finetune import loop as loop_mod
+from mergekit_het.finetune import recipe as recipe_mod
 
 
 def _cfg(model_path, task_file, out, over=None, **kw):
@@ -92,7 +92,7 @@ def test_finetune_lora_adapter_loads_in_peft(tiny_bert, toy_task, tmp_path):
 def test_finetune_resume_equals_uninterrupted(tiny_bert, toy_task, tmp_path, monkeypatch):
     over = {"train.checkpoint_every": 4, "train.max_steps": 10, "talos.max_examples": 4}
     finetune(_cfg(tiny_bert, toy_task, tmp_path / "full", mode="talos", **over))
-    real, calls = loop_mod.train_step, []
+    real, calls = recipe_mod.train_step, []
 
     def crash_at_7(*args, **kw):
         calls.append(1)
@@ -100,10 +100,10 @@ def test_finetune_resume_equals_uninterrupted(tiny_bert, toy_task, tmp_path, mon
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(loop_mod, "train_step", crash_at_7)
+    monkeypatch.setattr(recipe_mod, "train_step", crash_at_7)
     with pytest.raises(KeyboardInterrupt):
         finetune(_cfg(tiny_bert, toy_task, tmp_path / "resumed", mode="talos", **over))
-    monkeypatch.setattr(loop_mod, "train_step", real)
+    monkeypatch.setattr(recipe_mod, "train_step", real)
     info = finetune(_cfg(tiny_bert, toy_task, tmp_path / "resumed", mode="talos", resume="true", **over))
     assert info["metrics"]["train_steps_this_run"] == 6  # resumed from the step-4 checkpoint
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
@@ -143,7 +143,7 @@ def test_finetune_bad_config_one_line_error(tiny_bert, toy_task, tmp_path, over,
 def test_finetune_bad_inputs_fail_before_training(tiny_bert, toy_task, tmp_path, monkeypatch):
     from finetune_fixtures import make_bert
 
-    monkeypatch.setattr(loop_mod, "train_step", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(recipe_mod, "train_step", lambda *a, **k: pytest.fail("training started"))
     bad_cols = tmp_path / "cols"
     bad_cols.mkdir()
     for split in ("train", "validation", "test"):
