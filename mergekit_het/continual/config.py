@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..federated.config import AggregateConfig, check_aggregate
+from ..runtime.aggregation import AggregateConfig, check_aggregate
 from ..runtime.yaml_config import StrictModel, load_config
 
 
@@ -117,7 +117,7 @@ class ContinualConfig(StrictModel):
     def _consistent(self) -> "ContinualConfig":
         if self.ewc is not None and self.strategy != "finetune":
             raise ValueError(f"ewc applies to strategy 'finetune', not '{self.strategy}'")
-        check_aggregate(self.merge)
+        check_aggregate(self.merge, "merge")
         return self
 
 

@@ -5,7 +5,8 @@ Loss on a new task: L(θ) + Σ_i (λ/2) Σ_p F_{i,p} (θ_p − θ*_{i,p})², one
 λ Σ_i F_i ⊙ (θ − θ*_i) = λ (F ⊙ θ − G) with F = Σ_i F_i and G = Σ_i F_i ⊙ θ*_i, so two running
 sums replace the list of tasks.
 
-Fisher estimators over N examples x with p = softmax(f(x)/T) (van de Ven, arXiv:2502.11756):
+Fisher estimators over N examples x with p = softmax(f(x)) (f(x) = the model's logits, already
+divided by its temperature T; van de Ven, arXiv:2502.11756):
 - `exact`:     F = (1/N) Σ_x Σ_y p(y|x) (∂ log p(y|x) / ∂θ)²   (C backward passes per example)
 - `sample`:    F = (1/N) Σ_x (∂ log p(ŷ|x) / ∂θ)², ŷ ~ p(·|x)   (ariseff/overcoming-catastrophic)
 - `empirical`: F = (1/N) Σ_x (∂ log p(y_x|x) / ∂θ)² with the true label.
@@ -14,10 +15,12 @@ Per-example gradients are squared (not mini-batch gradients, which bias F low).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
+
+from ..runtime.batching import encoder_inputs
 
 State = dict[str, torch.Tensor]
 
@@ -27,17 +30,21 @@ def fisher_diagonal(
     examples: Iterable[dict[str, torch.Tensor]],
     *,
     estimator: str = "exact",
-    temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    logits_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> State:
-    """Diagonal Fisher of the trainable parameters; `examples` yields one-example batches."""
+    """Diagonal Fisher of the trainable parameters (frozen ones have no entry); `examples`
+    yields one-example batches, `logits_fn(batch)` gives their logits (default: the HF call
+    `model(**encoder_inputs(batch)).logits` of `models.classifier`)."""
+    if logits_fn is None:
+        logits_fn = lambda batch: model(**encoder_inputs(batch)).logits  # noqa: E731
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     was_training = model.training
     model.eval()
     count = 0
     for batch in examples:
-        logp = torch.log_softmax(model(batch)[0] / temperature, dim=-1)
+        logp = torch.log_softmax(logits_fn(batch)[0], dim=-1)
         if estimator == "exact":
             probs = logp.exp().detach()
             terms = [(y, float(probs[y])) for y in range(logp.shape[0])]

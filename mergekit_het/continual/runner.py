@@ -1,7 +1,7 @@
 """The continual loop: learn experiences one after another, evaluate every seen one after each.
 
 ```
-mergekit-het continual finetune/continual/minilm_tasks.yaml strategy=merge merge.method=ties
+mergekit-het continual continual/configs/minilm_tasks.yaml strategy=merge merge.method=ties
 ```
 Strategies (every experience j is evaluated with its own frozen ridge head, computed on the
 PRETRAINED encoder's features: task-incremental evaluation, see docs/continual.md):
@@ -28,16 +28,15 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..merge.engine import merge_state_dicts
 from ..evaluate.metrics import accuracy
 from ..evaluate.plots import plot_accuracy_matrix
-from ..federated.client import train_client
-from ..federated.model import PooledClassifier, head_inputs, load_trainable, trainable_state
-from ..federated.runner import evaluate_rows
-from ..runtime.batching import collate
 from ..finetune.io import check_output, publish, work_dir
+from ..models.classifier import PooledClassifier, head_inputs, load_trainable, trainable_state
 from ..models.encoder import load_encoder, load_tokenizer, resolve_model
 from ..models.ridge import fit_ridge
+from ..runtime.aggregation import merge_models
+from ..runtime.batching import eval_batches
+from ..runtime.local_training import evaluate_rows, local_batch_indices, local_sgd
 from .config import ContinualConfig
 from .ewc import EWCPenalty, fisher_diagonal
 from .metrics import summarize
@@ -55,8 +54,7 @@ class ContinualResult:
 
 
 def _batches(rows: list[dict], tokenizer, size: int) -> Iterator[dict[str, torch.Tensor]]:
-    for i in range(0, len(rows), size):
-        yield collate(rows[i : i + size], tokenizer)
+    return (batch for _, batch in eval_batches(rows, tokenizer, size))
 
 
 def pretrained_features(model: nn.Module, rows: list[dict], tokenizer, batch_size: int) -> torch.Tensor:
@@ -85,7 +83,7 @@ def run_continual(cfg: ContinualConfig, progress: bool = True) -> ContinualResul
     tok = load_tokenizer(cfg.model)
     exps = build_experiences(cfg, tok)
     torch.manual_seed(cfg.seed)
-    model = PooledClassifier(load_encoder(cfg.model), 1)
+    model = PooledClassifier(load_encoder(cfg.model), 1, cfg.head.temperature)
     feats = [pretrained_features(model, e.train, tok, cfg.eval_batch_size) for e in exps]
     if cfg.strategy == "scroll":
         result = _run_scroll(cfg, model, tok, exps, feats, progress)
@@ -120,17 +118,13 @@ def _run_training(cfg, model, tok, exps, feats, progress) -> ContinualResult:
     for t, exp in enumerate(tqdm(exps, desc="experiences", disable=not progress)):
         model.head = heads[t]
         load_trainable(model, theta0 if cfg.strategy == "merge" else running)
-        upd = train_client(
-            model, exp.train, tok, client=t, lr=cfg.train.lr, batch_size=cfg.train.batch_size,
-            local_steps=cfg.train.steps, weight_decay=cfg.train.weight_decay, temperature=cfg.head.temperature,
-            extra_corrections=[ewc] if ewc is not None else (), seed=cfg.seed * 1_000_003 + t,
-        )  # fmt: skip
+        seed = cfg.seed * 1_000_003 + t
+        batches = local_batch_indices(len(exp.train), cfg.train.batch_size, 1, cfg.train.steps, seed)
+        upd = local_sgd(model, exp.train, tok, batches, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                        corrections=[ewc] if ewc is not None else (), seed=seed)  # fmt: skip
         if cfg.strategy == "merge":
             experts.append(upd.state)
-            running = merge_state_dicts(
-                cfg.merge.method, models=experts, base=theta0, parameters=cfg.merge.parameters,
-                model_parameters=[{**cfg.merge.model_parameters, "weight": 1.0} for _ in experts], seed=cfg.seed,
-            )  # fmt: skip
+            running = merge_models(cfg.merge, experts, theta0, [1.0] * len(experts), seed=cfg.seed)
         else:
             running = upd.state
         load_trainable(model, running)
@@ -139,7 +133,7 @@ def _run_training(cfg, model, tok, exps, feats, progress) -> ContinualResult:
         row = []
         for j in range(t + 1):
             model.head = heads[j]
-            row.append(evaluate_rows(model, exps[j].eval, tok, cfg.eval_batch_size, cfg.head.temperature)["accuracy"])
+            row.append(evaluate_rows(model, exps[j].eval, tok, cfg.eval_batch_size)["accuracy"])
         matrix.append(row + [None] * (len(exps) - t - 1))
     return ContinualResult([e.name for e in exps], matrix, summarize(matrix), state=running)
 
@@ -147,8 +141,7 @@ def _run_training(cfg, model, tok, exps, feats, progress) -> ContinualResult:
 def _fisher(cfg: ContinualConfig, model: nn.Module, exp: Experience, tok) -> dict[str, torch.Tensor]:
     rows = exp.train[: cfg.ewc.samples]
     g = torch.Generator().manual_seed(cfg.seed)
-    return fisher_diagonal(model, _batches(rows, tok, 1), estimator=cfg.ewc.estimator,
-                           temperature=cfg.head.temperature, generator=g)  # fmt: skip
+    return fisher_diagonal(model, _batches(rows, tok, 1), estimator=cfg.ewc.estimator, generator=g)
 
 
 def _write_output(cfg: ContinualConfig, result: ContinualResult) -> None:

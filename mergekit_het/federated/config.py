@@ -17,7 +17,7 @@ device: cuda                             # optional; client_devices: [cuda:0, cu
 output: {dir: runs/fed/austen_fedavg}
 ```
 Everything is checked here, before any weight is read: the merge method exists and its
-parameters bind, the partition can be built, clients per round fit the population.
+parameters bind to its schema (`merge.binder`), the partition can be built, clients per round fit the population.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..errors import ConfigError
 from ..runtime.yaml_config import StrictModel, load_config
-from ..methods import get_method
+from ..runtime.aggregation import AggregateConfig, check_aggregate
+from ..runtime.device import device_spec_problem
 
 
 class DataConfig(StrictModel):
@@ -70,18 +70,6 @@ class ServerConfig(StrictModel):
     momentum: float = Field(0.0, ge=0, lt=1)
 
 
-class AggregateConfig(StrictModel):
-    """A registered merge method applied to the clients' models with the global model as base.
-
-    `weighting: examples` gives each client the per-model parameter weight = its example count
-    (FedAvg); `uniform` gives weight 1."""
-
-    method: str = "linear"
-    parameters: dict[str, Any] = {}
-    model_parameters: dict[str, Any] = {}  # per-model values shared by all clients (e.g. density)
-    weighting: Literal["examples", "uniform"] = "examples"
-
-
 class GHBMConfig(StrictModel):
     """Generalized Heavy-Ball Momentum (Zaccone et al., arXiv:2311.18578)."""
 
@@ -105,6 +93,14 @@ class OutputConfig(StrictModel):
     save_model: bool = True
 
 
+# Keys a resume may change: where and how fast it runs, how long, how often it saves; not what
+# it computes (a change to any other key is refused unless allow_config_change).
+RESUME_FREE_KEYS = (
+    "rounds", "device", "client_devices", "threads", "checkpoint_every", "eval_batch_size", "resume",
+    "allow_config_change", "output.overwrite", "output.save_model",
+)  # fmt: skip
+
+
 class FederatedConfig(StrictModel):
     model: str
     protocol: Literal["pooled_head", "classifier"] = "pooled_head"
@@ -126,6 +122,7 @@ class FederatedConfig(StrictModel):
     client_devices: list[str] = []  # one worker process per entry trains the round's clients in parallel
     checkpoint_every: int = Field(1, ge=1)  # rounds between resumable round states
     resume: bool = True  # continue from the last completed round of an interrupted run
+    allow_config_change: bool = False  # resume even if keys outside RESUME_FREE_KEYS changed
     output: OutputConfig
 
     @model_validator(mode="after")
@@ -137,9 +134,11 @@ class FederatedConfig(StrictModel):
             )
         if self.rounds == 0 and self.fed3r is None:
             raise ValueError("rounds: 0 only makes sense with fed3r (the closed-form classifier alone)")
-        check_aggregate(self.aggregate)
+        check_aggregate(self.aggregate, "aggregate")
         for where, dev in [("device", self.device), *(("client_devices", d) for d in self.client_devices)]:
-            check_device(where, dev)
+            problem = device_spec_problem(dev)
+            if problem is not None:
+                raise ValueError(f"{where}: {problem}")
         if self.data.eval_split in self.data.extra_eval_splits:
             raise ValueError(f"data.extra_eval_splits repeats data.eval_split '{self.data.eval_split}'")
         return self
@@ -147,28 +146,6 @@ class FederatedConfig(StrictModel):
     @property
     def head_temperature(self) -> float:
         return self.fed3r.temperature if self.fed3r is not None and self.fed3r.init else self.temperature
-
-
-def check_aggregate(agg: AggregateConfig) -> None:
-    """The method exists and every given parameter is one of its parameters (ValueError if not)."""
-    try:
-        method = get_method(agg.method)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-    known = set(method.params)
-    for where, params in (("aggregate.parameters", agg.parameters), ("aggregate.model_parameters", agg.model_parameters)):
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"{where}: {agg.method} has no parameter(s) {unknown}; it takes {sorted(known)}")
-    if "weight" in agg.model_parameters:
-        raise ValueError("aggregate.model_parameters.weight is set per client from aggregate.weighting")
-
-
-def check_device(where: str, device: str) -> None:
-    """`auto`, `cpu`, `cuda` or `cuda:N` (ValueError otherwise; availability is checked at run time)."""
-    kind, _, index = device.partition(":")
-    if device != "auto" and (kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit()))):
-        raise ValueError(f"{where}: '{device}' is not a device; use auto, cpu, cuda or cuda:N")
 
 
 def load_federated_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> FederatedConfig:

@@ -16,19 +16,16 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..finetune.data import collate
 from ..models.ridge import RidgeHead, RidgeStatistics
-from .model import head_inputs
+from ..runtime.batching import eval_batches
+from ..models.classifier import head_inputs
 
 
 def client_statistics(
     model: nn.Module, rows: Sequence[dict], tokenizer, num_labels: int, batch_size: int = 64, device: str | torch.device = "cpu"
 ) -> RidgeStatistics:
     """A_k, b_k of one client's tokenized rows (the model in eval mode, no gradients)."""
-    batches = (
-        {k: v.to(device) for k, v in collate(list(rows[i : i + batch_size]), tokenizer).items()}
-        for i in range(0, len(rows), batch_size)
-    )
+    batches = (batch for _, batch in eval_batches(rows, tokenizer, batch_size, device=device))
     stats = RidgeStatistics.zeros(model.head.in_features, num_labels)
     for feats, labels in head_inputs(model, batches):
         stats.update(feats.cpu(), labels.cpu())

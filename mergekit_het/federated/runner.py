@@ -1,21 +1,21 @@
-"""The federated loop: sample clients, train locally, merge through the engine, server step.
+"""The federated loop: the strategy's hooks round after round, resumable.
 
 ```
-mergekit-het federated finetune/federated/austen_fedavg.yaml output.dir=runs/fed/a
+mergekit-het federated federated/configs/minilm_austen.yaml output.dir=runs/fed/a
 ```
 ```python
+strategy = build_strategy(cfg, device)                 # FedAvg + the configured variants
+strategy.initialize(model, client statistics)          # Fed3R's ridge head (else nothing)
 for rnd in range(start, cfg.rounds):
-    ids = sample_clients(K, cfg.clients_per_round, sampler)
-    ghbm.before_round(x)                                   # GHBM queue
-    updates = [train_client(model ← x, client rows, prox/ghbm hooks) for k in ids]
-    merged = aggregate(x, updates, cfg.aggregate)          # merge_state_dicts, weights n_k
-    x = server.step(x, x − merged)                         # server lr / momentum
-    ghbm.after_round(x)                                    # m = (x^{t+1−τ} − x^{t+1}) / τ
-    history.append(evaluate(x)); save_state(...)           # resumable after every round
+    task = strategy.configure(rnd, x)                  # sampled clients + what they receive
+    updates = [strategy.client_update(model, rows_k, task, k) for k in task.clients]
+    x = strategy.server_step(x, strategy.aggregate(x, updates, rnd))   # engine merge, server step
+    history.append(evaluate(x)); save_state(...)       # resumable after every round
 ```
-All randomness is a function of `seed`: the client sampler's generator is checkpointed and
-client k's batch order and dropout in round t are seeded by (seed, t, k), so a resumed run
-gives the same result as an uninterrupted one.
+All randomness is a function of `seed`: the client sampler's generator is checkpointed with the
+strategy and client k's batch order and dropout in round t are seeded by (seed, t, k), so a
+resumed run gives the same result as an uninterrupted one. A resume refuses a config whose
+result-changing keys differ from the saved run's (`allow_config_change` overrides).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,20 +32,23 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..evaluate.metrics import accuracy
+from ..errors import ConfigError
 from ..evaluate.plots import plot_curves
-from ..finetune.data import collate, tokenize
+from ..runtime.batching import tokenize
+from ..runtime.device import resolve_device
 from ..finetune.io import check_output, publish, work_dir
 from ..models.encoder import HEAD_FILE, load_tokenizer, resolve_model
-from ..models.ridge import RidgeHead
+from ..models.ridge import RidgeStatistics
 from ..data.tasks import load_split, load_task_file, num_labels_of
-from .config import FederatedConfig
-from .fed3r import client_statistics, server_solve
-from .model import build_model, load_trainable, set_head, trainable_state
+from ..models.classifier import build_classifier, load_trainable, trainable_state
+from ..runtime.local_training import evaluate_rows
+from ..runtime.resume import check_resume
+from .config import RESUME_FREE_KEYS, FederatedConfig
+from .fed3r import client_statistics
 from .partition import make_partition
-from .server import GHBMState, ServerOptimizer, aggregate, pseudo_gradient, sample_clients
 from .state import RoundState, load_state, save_state
-from .workers import RoundTask, make_trainer, resolve_device
+from .strategy import FedAvg, build_strategy
+from .workers import make_trainer
 
 FED3R_FILE = "fed3r_head.safetensors"
 
@@ -91,48 +94,38 @@ def load_data(cfg: FederatedConfig) -> FederatedData:
                          eval_rows(cfg.data.eval_split), parts, extra)  # fmt: skip
 
 
-@torch.no_grad()
-def evaluate_rows(model: torch.nn.Module, rows: list[dict], tokenizer, batch_size: int, temperature: float) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of logits / T (batches of similar length, eval mode, on
-    the model's device)."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    was_training = model.training
-    model.eval()
-    preds, labels, loss = [], [], 0.0
-    for i in range(0, len(order), batch_size):
-        batch = {k: v.to(device) for k, v in collate([rows[j] for j in order[i : i + batch_size]], tokenizer).items()}
-        logits = model(batch) / temperature
-        loss += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
-        preds.append(logits.argmax(-1).cpu())
-        labels.append(batch["labels"].cpu())
-    model.train(was_training)
-    return {"accuracy": accuracy(torch.cat(preds), torch.cat(labels)), "loss": loss / len(rows)}
-
-
-def evaluate_all(model: torch.nn.Module, data: FederatedData, cfg: FederatedConfig, temperature: float) -> dict[str, float]:
+def evaluate_all(model: torch.nn.Module, data: FederatedData, cfg: FederatedConfig) -> dict[str, float]:
     """The eval split's accuracy/loss, plus `<split>_accuracy`/`<split>_loss` of the extra splits."""
-    out = evaluate_rows(model, data.eval, data.tokenizer, cfg.eval_batch_size, temperature)
+    out = evaluate_rows(model, data.eval, data.tokenizer, cfg.eval_batch_size)
     for split, rows in data.extra_eval.items():
-        res = evaluate_rows(model, rows, data.tokenizer, cfg.eval_batch_size, temperature)
+        res = evaluate_rows(model, rows, data.tokenizer, cfg.eval_batch_size)
         out.update({f"{split}_{k}": v for k, v in res.items()})
     return out
 
 
-def fed3r_init(cfg: FederatedConfig, model: torch.nn.Module, data: FederatedData, work: Path) -> RidgeHead:
-    """Every client's statistics on the pretrained network, summed and solved (cached in `work`)."""
-    path = work / FED3R_FILE
-    if path.is_file():
-        return RidgeHead.load(path)
-    stats = (
-        client_statistics(model, data.client_rows(k), data.tokenizer, data.num_labels, cfg.eval_batch_size,
-                          next(model.parameters()).device)
-        for k in tqdm(range(cfg.partition.num_clients), desc="fed3r clients", leave=False)
-    )
-    head = server_solve(stats, cfg.fed3r.lam, cfg.fed3r.normalize)
-    head.metadata["temperature"] = str(cfg.fed3r.temperature)
-    head.save(path)
-    return head
+def all_client_statistics(cfg: FederatedConfig, model: torch.nn.Module, data: FederatedData) -> Iterator[RidgeStatistics]:
+    """Every client's Fed3R statistics A_k, b_k on the model as it is (the pretrained network)."""
+    device = next(model.parameters()).device
+    for k in tqdm(range(cfg.partition.num_clients), desc="fed3r clients", leave=False):
+        yield client_statistics(model, data.client_rows(k), data.tokenizer, data.num_labels, cfg.eval_batch_size, device)
+
+
+def _start(cfg: FederatedConfig, work: Path) -> RoundState | None:
+    """The saved state to resume from (None: a fresh start; the output must then be free)."""
+    st = load_state(work) if cfg.resume else None
+    if st is None:
+        check_output(Path(cfg.output.dir), cfg.output.overwrite)
+        shutil.rmtree(work, ignore_errors=True)
+        return None
+    if cfg.rounds < st.round:
+        raise ConfigError(f"rounds: {cfg.rounds}, but the interrupted run in {work} has completed {st.round} rounds")
+    if not cfg.allow_config_change:
+        check_resume(st.config, _config_json(cfg), RESUME_FREE_KEYS, f"the interrupted run in {work}", "--allow-config-change")
+    return st
+
+
+def _config_json(cfg: FederatedConfig) -> dict[str, Any]:
+    return json.loads(cfg.model_dump_json())
 
 
 def run_federated(
@@ -141,72 +134,60 @@ def run_federated(
     """Run (or resume) the configured federated training; publishes `cfg.output.dir` (history,
     accuracy plot, partition, final model) when complete. `on_round(t, entry)` is called after
     every round t (and with t = 0 and the initial evaluation on a fresh start)."""
-    out = Path(cfg.output.dir)
-    work = work_dir(out)
-    if not (cfg.resume and (work / "state").is_dir()):
-        check_output(out, cfg.output.overwrite)
-        shutil.rmtree(work, ignore_errors=True)
+    work = work_dir(Path(cfg.output.dir))
+    st = _start(cfg, work)
     resolve_model(cfg.model)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     data = load_data(cfg)
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg.model, cfg.protocol, data.num_labels, cfg.seed, data.tokenizer.pad_token_id).to(device)
-    temperature = cfg.head_temperature
-    if cfg.fed3r is not None:
-        set_head(model, fed3r_init(cfg, model, data, work))
-        if cfg.fed3r.freeze_head:
-            model.head.requires_grad_(False)
-    sampler = torch.Generator().manual_seed(cfg.seed)
-    server = ServerOptimizer(cfg.server.lr, cfg.server.momentum)
-    ghbm = GHBMState(cfg.ghbm.tau) if cfg.ghbm else None
-    st = load_state(work) if cfg.resume else None
+    model = build_model(cfg, data).to(device)
+    strategy = build_strategy(cfg, device)
+    strategy.initialize(model, lambda: all_client_statistics(cfg, model, data), work / FED3R_FILE)
     if st is None:
-        st = RoundState(0, {k: v.cpu() for k, v in trainable_state(model).items()})
-        st.history.append({"round": 0, **evaluate_all(model, data, cfg, temperature)})
+        st = RoundState(0, {k: v.cpu() for k, v in trainable_state(model).items()}, config=_config_json(cfg))
+        st.history.append({"round": 0, **evaluate_all(model, data, cfg)})
         if on_round is not None:
             on_round(0, st.history[0])
     else:
-        server.load_state_dict(st.server)
-        if ghbm is not None:
-            ghbm.load_state_dict(st.ghbm)
-        sampler.set_state(st.rng)
+        strategy.load_state_dict(st.strategy)
+    with make_trainer(cfg, strategy, model, data, device) as trainer:
+        st = _rounds(cfg, strategy, trainer, model, data, st, work, on_round, progress)
+    load_trainable(model, st.global_state)
+    _write_output(cfg, model, data, st.history, work)
+    return FederatedResult(st.history, st.global_state)
+
+
+def _rounds(cfg: FederatedConfig, strategy: FedAvg, trainer, model, data: FederatedData, st: RoundState, work: Path,
+            on_round, progress: bool) -> RoundState:  # fmt: skip
+    """Rounds st.round .. cfg.rounds − 1: configure, train, aggregate, server step, evaluate, save."""
     x = st.global_state
     bar = tqdm(range(st.round, cfg.rounds), desc="rounds", initial=st.round, total=cfg.rounds, disable=not progress)
-    with make_trainer(cfg, model, data, device) as trainer:
-        for rnd in bar:
-            start = time.perf_counter()
-            ids = sample_clients(cfg.partition.num_clients, cfg.clients_per_round, sampler)
-            if ghbm is not None:
-                ghbm.before_round(x)
-            updates = trainer.train(RoundTask(rnd, ids, x, ghbm.momentum if ghbm is not None else None))
-            merged = aggregate(x, updates, cfg.aggregate, seed=cfg.seed + rnd)
-            x = server.step(x, pseudo_gradient(x, merged))
-            if ghbm is not None:
-                ghbm.after_round(x)
-            entry: dict[str, Any] = {
-                "round": rnd + 1, "clients": ids, "examples": [u.num_examples for u in updates],
-                "train_loss": sum(u.loss for u in updates) / len(updates),
-                "train_seconds": round(time.perf_counter() - start, 3),
-            }  # fmt: skip
-            if (rnd + 1) % cfg.eval_every == 0 or rnd + 1 == cfg.rounds:
-                load_trainable(model, x)
-                entry.update(evaluate_all(model, data, cfg, temperature))
-                bar.set_postfix(acc=f"{entry['accuracy']:.3f}")
-            entry["seconds"] = round(time.perf_counter() - start, 2)
-            st = RoundState(rnd + 1, x, server.state_dict(), ghbm.state_dict() if ghbm else {}, sampler.get_state(),
-                            st.history + [entry])  # fmt: skip
-            if (rnd + 1) % cfg.checkpoint_every == 0:
-                save_state(work, st)
-            if on_round is not None:
-                on_round(rnd + 1, entry)
-    load_trainable(model, x)
-    _write_output(cfg, model, data, st.history, work, temperature)
-    return FederatedResult(st.history, x)
+    for rnd in bar:
+        start = time.perf_counter()
+        task = strategy.configure(rnd, x)
+        updates = trainer.train(task)
+        x = strategy.server_step(x, strategy.aggregate(x, updates, rnd))
+        entry: dict[str, Any] = {
+            "round": rnd + 1, "clients": task.clients, "examples": [u.num_examples for u in updates],
+            "train_loss": sum(u.loss for u in updates) / len(updates),
+            "train_seconds": round(time.perf_counter() - start, 3),
+        }  # fmt: skip
+        if (rnd + 1) % cfg.eval_every == 0 or rnd + 1 == cfg.rounds:
+            load_trainable(model, x)
+            entry.update(evaluate_all(model, data, cfg))
+            bar.set_postfix(acc=f"{entry['accuracy']:.3f}")
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        st = RoundState(rnd + 1, x, strategy.state_dict(), st.history + [entry], _config_json(cfg))
+        if (rnd + 1) % cfg.checkpoint_every == 0:
+            save_state(work, st)
+        if on_round is not None:
+            on_round(rnd + 1, entry)
+    return st
 
 
-def _write_output(cfg: FederatedConfig, model, data: FederatedData, history: list[dict], work: Path, temperature: float) -> None:
+def _write_output(cfg: FederatedConfig, model, data: FederatedData, history: list[dict], work: Path) -> None:
     stage = work / "output"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
@@ -219,18 +200,24 @@ def _write_output(cfg: FederatedConfig, model, data: FederatedData, history: lis
     plot_curves({cfg.output.dir.name: ([r for r, _ in evals], [a for _, a in evals])}, stage / "accuracy.png",
                 title=f"Federated {data.task}: global test accuracy")  # fmt: skip
     if cfg.output.save_model:
-        save_model(model, stage / "model", data.tokenizer, temperature)
+        save_model(model, stage / "model", data.tokenizer)
     publish(stage, Path(cfg.output.dir), cfg.output.overwrite)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def save_model(model: torch.nn.Module, folder: Path, tokenizer, temperature: float) -> None:
+def build_model(cfg: FederatedConfig, data: FederatedData) -> torch.nn.Module:
+    """The configured classifier with a new head initialized from `seed`, logits / T (T =
+    `head_temperature`)."""
+    return build_classifier(cfg.model, cfg.protocol, data.num_labels, cfg.seed, data.tokenizer.pad_token_id,
+                            cfg.head_temperature)  # fmt: skip
+
+
+def save_model(model: torch.nn.Module, folder: Path, tokenizer) -> None:
     """pooled_head: the encoder as a HF folder + `head.safetensors` (loadable by
-    `EncoderWithFrozenHead.from_folder`); classifier: the HF model. Tokenizer alongside."""
+    `PooledClassifier.from_folder`); classifier: the HF model. Tokenizer alongside."""
     if hasattr(model, "encoder"):
         model.encoder.save_pretrained(folder)
-        RidgeHead(model.head.weight.detach().cpu().clone(), model.head.bias.detach().cpu().clone(),
-                  {"temperature": str(temperature), "pooling": "mean"}).save(folder / HEAD_FILE)  # fmt: skip
+        model.ridge_head().save(folder / HEAD_FILE)
     else:
         model.net.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -1,8 +1,9 @@
 """Round checkpoints: everything a killed run needs to continue exactly where it stopped.
 
-After every completed round the folder `<work>/state` holds the global model, the server
-momentum buffer, the GHBM queue and momentum, the client-sampler RNG state, the round number
-and the history. It is written as `state.new`, then swapped in by renames, so a crash at any
+After every `checkpoint_every` completed rounds the folder `<work>/state` holds the global
+model, the strategy's state (client-sampler RNG, server momentum, GHBM queue), the round
+number, the history and the run's config. It is written as `state.new` (every file and the
+folder fsync'd), then swapped in by renames (the parent fsync'd after each), so a crash at any
 moment leaves either the previous or the new complete state (`state.old` is the fallback).
 """
 
@@ -18,18 +19,35 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+try:  # TEMPORARY until runtime.files has them (helper S)
+    from ..runtime.files import fsync_dir, fsync_tree
+except ImportError:
+    def fsync_dir(folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def fsync_tree(folder: Path) -> None:
+        for f in Path(folder).rglob("*"):
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(folder)
+
 State = dict[str, torch.Tensor]
-SEP = "::"  # separates a group prefix from a tensor name in the flat files
+SEP = "::"  # separates a group name from a tensor name in the flat file
+EMPTY = "_empty"  # safetensors cannot write an empty file
 
 
 @dataclass
 class RoundState:
     round: int  # rounds completed
     global_state: State
-    server: State = field(default_factory=dict)
-    ghbm: dict[str, State] = field(default_factory=dict)
-    rng: torch.Tensor | None = None  # client-sampler generator state (uint8)
+    strategy: dict[str, State] = field(default_factory=dict)  # `FedAvg.state_dict()`
     history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config (JSON form)
 
 
 def _flatten(groups: dict[str, State]) -> State:
@@ -49,14 +67,16 @@ def save_state(work: Path, st: RoundState) -> None:
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     save_file({k: v.contiguous().cpu() for k, v in st.global_state.items()}, str(new / "global.safetensors"))
-    save_file(_flatten({"server": st.server, **st.ghbm}) or {"_empty": torch.zeros(0)}, str(new / "optim.safetensors"))
-    if st.rng is not None:
-        save_file({"rng": st.rng}, str(new / "rng.safetensors"))
+    save_file(_flatten(st.strategy) or {EMPTY: torch.zeros(0)}, str(new / "strategy.safetensors"))
     (new / "meta.json").write_text(json.dumps({"round": st.round, "history": st.history}, indent=1))
+    (new / "config.json").write_text(json.dumps(st.config, indent=1))
+    fsync_tree(new)
     if cur.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(cur, old)
+        fsync_dir(work)
     os.replace(new, cur)
+    fsync_dir(work)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -65,14 +85,12 @@ def load_state(work: Path) -> RoundState | None:
     for folder in (work / "state", work / "state.old"):
         if (folder / "meta.json").is_file():
             meta = json.loads((folder / "meta.json").read_text())
-            groups = _unflatten({k: v for k, v in load_file(str(folder / "optim.safetensors")).items() if k != "_empty"})
-            rng_file = folder / "rng.safetensors"
+            flat = {k: v for k, v in load_file(str(folder / "strategy.safetensors")).items() if k != EMPTY}
             return RoundState(
                 round=int(meta["round"]),
                 global_state=load_file(str(folder / "global.safetensors")),
-                server=groups.pop("server", {}),
-                ghbm=groups,
-                rng=load_file(str(rng_file))["rng"] if rng_file.is_file() else None,
+                strategy=_unflatten(flat),
                 history=meta["history"],
+                config=json.loads((folder / "config.json").read_text()),
             )
     return None

@@ -2,15 +2,17 @@
 worker process per device (`WorkerPool`, e.g. one per GPU), behind one interface:
 
 ```python
-with make_trainer(cfg, model, data) as trainer:
-    updates = trainer.train(RoundTask(rnd, ids, x, momentum))    # sorted by client id
+with make_trainer(cfg, strategy, model, data, device) as trainer:
+    updates = trainer.train(strategy.configure(rnd, x))    # sorted by client id
 ```
-Both run `train_clients`, and client k's batch order and dropout in round t are seeded by
-(seed, t, k) (`client_seed`), so the updates do not depend on which process or how many
+Both run the strategy's `client_update` for each client (a worker builds its own strategy
+object from the config), and client k's batch order and dropout in round t are seeded by
+(seed, t, k) (`strategy.client_seed`), so the updates do not depend on which process or how many
 processes trained them: the pool's round equals the sequential round (bit for bit on CPU with
 equal thread counts; on GPUs up to the kernels' own nondeterminism). Workers are started with
 `spawn` (CUDA cannot be forked); each builds the model once from the server's full state dict
-and receives per round only the global trainable state and the GHBM momentum (shared memory).
+and receives per round only the `RoundTask`: the global trainable state and what the strategy
+sends with it, e.g. GHBM's momentum (shared memory).
 """
 
 from __future__ import annotations
@@ -18,70 +20,36 @@ from __future__ import annotations
 import os
 import queue
 import traceback
-from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
 from ..errors import MergekitHetError
-from .client import ClientUpdate, train_client
+from ..models.classifier import build_classifier
+from ..runtime.device import resolve_device
 from .config import FederatedConfig
-from .model import build_model, load_trainable
+from .strategy import ClientUpdate, FedAvg, RoundTask, build_strategy
 
 State = dict[str, torch.Tensor]
 POLL_SECONDS = 5.0
 
 
-@dataclass
-class RoundTask:
-    rnd: int  # 0-based round index
-    clients: list[int]
-    global_state: State  # trainable parameters x^t (CPU)
-    momentum: State | None  # GHBM m, or None
-
-
-def client_seed(seed: int, rnd: int, client: int) -> int:
-    return (seed * 1_000_003 + rnd * 10_007 + client) % (2**63)
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` → cuda if available else cpu; a CUDA device must exist."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise MergekitHetError(f"device '{device}' is not available ({torch.cuda.device_count()} CUDA device(s) visible)")
-    return dev
-
-
-def train_clients(model: torch.nn.Module, data, cfg: FederatedConfig, task: RoundTask, device: torch.device) -> list[ClientUpdate]:
+def train_clients(strategy: FedAvg, model: torch.nn.Module, data, task: RoundTask, device: torch.device) -> list[ClientUpdate]:
     """Train each of `task.clients` from x^t in turn on `device` (model already there)."""
-    momentum = {k: v.to(device) for k, v in task.momentum.items()} if task.momentum is not None else None
-    updates = []
-    for k in task.clients:
-        load_trainable(model, task.global_state)
-        updates.append(train_client(
-            model, data.client_rows(k), data.tokenizer, client=k, lr=cfg.client.lr,
-            batch_size=cfg.client.batch_size, local_epochs=cfg.client.local_epochs,
-            local_steps=cfg.client.local_steps, weight_decay=cfg.client.weight_decay,
-            temperature=cfg.head_temperature, prox_mu=cfg.client.prox_mu,
-            ghbm_beta=cfg.ghbm.beta if cfg.ghbm else 0.0, momentum=momentum,
-            seed=client_seed(cfg.seed, task.rnd, k), device=device,
-        ))  # fmt: skip
-    return updates
+    return [strategy.client_update(model, data.client_rows(k), data.tokenizer, task, k, device) for k in task.clients]
 
 
 class LocalTrainer:
     """Clients trained one after another in this process, on the server's model and device."""
 
-    def __init__(self, cfg: FederatedConfig, model: torch.nn.Module, data, device: torch.device) -> None:
-        self.cfg, self.model, self.data, self.device = cfg, model, data, device
+    def __init__(self, strategy: FedAvg, model: torch.nn.Module, data, device: torch.device) -> None:
+        self.strategy, self.model, self.data, self.device = strategy, model, data, device
 
     def train(self, task: RoundTask) -> list[ClientUpdate]:
-        return train_clients(self.model, self.data, self.cfg, task, self.device)
+        return train_clients(self.strategy, self.model, self.data, task, self.device)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> LocalTrainer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -96,15 +64,17 @@ def _worker(cfg_json: str, device: str, threads: int, data, full_state: State, t
         dev = resolve_device(device)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        model = build_model(cfg.model, cfg.protocol, data.num_labels, cfg.seed, data.tokenizer.pad_token_id)
+        model = build_classifier(cfg.model, cfg.protocol, data.num_labels, cfg.seed, data.tokenizer.pad_token_id,
+                                 cfg.head_temperature)  # fmt: skip
         model.load_state_dict(full_state)
         names = set(trainable)
         for name, p in model.named_parameters():
             p.requires_grad_(name in names)
         model.to(dev)
+        strategy = build_strategy(cfg, dev)
         outq.put(("ready", None))
         for task in iter(inq.get, None):
-            outq.put(("ok", train_clients(model, data, cfg, task, dev)))
+            outq.put(("ok", train_clients(strategy, model, data, task, dev)))
     except Exception:  # noqa: BLE001 -- any failure is reported to the server, which raises
         outq.put(("error", traceback.format_exc()))
 
@@ -149,12 +119,12 @@ class WorkerPool:
     def train(self, task: RoundTask) -> list[ClientUpdate]:
         n = len(self.procs)
         for i in range(n):
-            self.inqs[i].put(RoundTask(task.rnd, task.clients[i::n], task.global_state, task.momentum))
+            self.inqs[i].put(task.for_clients(task.clients[i::n]))
         updates = [u for i in range(n) for u in self._get(i)]
         order = {k: j for j, k in enumerate(task.clients)}
         return sorted(updates, key=lambda u: order[u.client])
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -167,10 +137,12 @@ class WorkerPool:
                 p.terminate()
 
 
-def make_trainer(cfg: FederatedConfig, model: torch.nn.Module, data, device: torch.device) -> LocalTrainer | WorkerPool:
+def make_trainer(
+    cfg: FederatedConfig, strategy: FedAvg, model: torch.nn.Module, data, device: torch.device
+) -> LocalTrainer | WorkerPool:
     """A worker pool when `cfg.client_devices` names devices, else the in-process trainer."""
     if cfg.client_devices:
         for d in cfg.client_devices:
-            resolve_device(d)
+            resolve_device(d, "client_devices")
         return WorkerPool(cfg, model, data, cfg.client_devices)
-    return LocalTrainer(cfg, model, data, device)
+    return LocalTrainer(strategy, model, data, device)

@@ -5,9 +5,9 @@ import torch
 
 from mergekit_het.errors import ConfigError
 from mergekit_het.federated import load_federated_config, run_federated
-from mergekit_het.federated.model import build_model, trainable_state
+from mergekit_het.models.classifier import build_classifier, trainable_state
 from mergekit_het.federated.runner import load_data
-from mergekit_het.finetune.data import collate
+from mergekit_het.runtime.batching import collate, encoder_inputs
 
 LR = 0.1
 
@@ -23,13 +23,13 @@ def _full_batch_config(fed_config, **over):
 def _centralized(cfg, rounds: int, momentum: float = 0.0):
     """Heavy-ball SGD on the mean loss over the union: v ← μv + ∇L(x); x ← x − lr·v."""
     data = load_data(cfg)
-    model = build_model(cfg.model, cfg.protocol, data.num_labels, cfg.seed)
+    model = build_classifier(cfg.model, cfg.protocol, data.num_labels, cfg.seed)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     batch = collate(data.train, data.tokenizer)
     buf = {}
     for _ in range(rounds):
         model.zero_grad()
-        torch.nn.functional.cross_entropy(model(batch), batch["labels"]).backward()
+        torch.nn.functional.cross_entropy(model(**encoder_inputs(batch)).logits, batch["labels"]).backward()
         with torch.no_grad():
             for n, p in params.items():
                 if p.grad is None:  # e.g. BERT's pooler, unused by mean pooling
@@ -49,7 +49,7 @@ def test_fedavg_full_participation_one_step_equals_centralized_sgd(fed_config):
     expected, data = _centralized(cfg, rounds=1)
     assert len({len(p) for p in data.partition}) > 1  # clients of different sizes: weights matter
     assert _max_diff(result.global_state, expected) < 1e-6
-    init = trainable_state(build_model(cfg.model, cfg.protocol, data.num_labels, cfg.seed))
+    init = trainable_state(build_classifier(cfg.model, cfg.protocol, data.num_labels, cfg.seed))
     assert _max_diff(result.global_state, init) > 1e-3  # the step did something
 
 
@@ -121,7 +121,7 @@ def test_existing_output_without_overwrite_raises(fed_config, tmp_path):
 
 @pytest.mark.parametrize("over,msg", [
     ({"aggregate.method": "tie"}, "did you mean 'ties'"),
-    ({"aggregate.parameters": {"densty": 0.5}, "aggregate.method": "ties"}, "no parameter"),
+    ({"aggregate.parameters": {"densty": 0.5}, "aggregate.method": "ties"}, "is not a parameter of ties"),
     ({"clients_per_round": 9}, "exceeds partition.num_clients"),
 ])  # fmt: skip
 def test_config_bad_values_raise_one_line(fed_config, over, msg):

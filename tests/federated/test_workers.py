@@ -6,7 +6,7 @@ from fed_fixtures import NUM_LABELS
 
 from mergekit_het.errors import ConfigError, MergekitHetError
 from mergekit_het.federated import load_federated_config, run_federated
-from mergekit_het.federated.model import build_model, trainable_state
+from mergekit_het.models.classifier import build_classifier, trainable_state
 
 
 def test_worker_pool_two_cpu_workers_equal_sequential_bit_for_bit(fed_config, tmp_path):
@@ -18,7 +18,7 @@ def test_worker_pool_two_cpu_workers_equal_sequential_bit_for_bit(fed_config, tm
     assert [h["clients"] for h in par.history[1:]] == [h["clients"] for h in seq.history[1:]]
     assert [h["train_loss"] for h in par.history[1:]] == [h["train_loss"] for h in seq.history[1:]]
     assert all(torch.equal(par.global_state[k], seq.global_state[k]) for k in seq.global_state)
-    init = trainable_state(build_model(par_cfg.model, par_cfg.protocol, NUM_LABELS, par_cfg.seed))
+    init = trainable_state(build_classifier(par_cfg.model, par_cfg.protocol, NUM_LABELS, par_cfg.seed))
     assert max(float((par.global_state[k] - init[k]).abs().max()) for k in init) > 1e-3  # clients trained
 
 
