@@ -2,9 +2,9 @@
 
 import pytest
 
-from mergekit_het.merge.config import ParameterResolver, evaluate, layer_position, load_merge_config
+from mergekit_het.merge.binder import bind_parameters, evaluate, layer_position
+from mergekit_het.merge.config import load_merge_config
 from mergekit_het.errors import ConfigError
-from mergekit_het.methods import get_method
 
 
 def cfg(**kw):
@@ -36,11 +36,10 @@ def test_filter_substring_first_match_wins():
     assert evaluate([{"filter": "*", "value": 1}], "anything", 0) == 1
 
 
-def test_resolver_model_param_overrides_global_then_default():
-    method = get_method("ties")
-    r = ParameterResolver(method, {"density": 0.5, "lambda": 2.0}, [{"weight": 1.0, "density": 0.2}, {"weight": 3.0}], 2)
+def test_binding_model_param_overrides_global_then_default():
+    r = bind_parameters("ties", {"density": 0.5, "lambda": 2.0}, [{"weight": 1.0, "density": 0.2}, {"weight": 3.0}], num_layers=2)
     p = r.for_tensor("encoder.layer.1.x")
-    assert p == {"weight": [1.0, 3.0], "density": [0.2, 0.5], "normalize": True, "lambda": 2.0, "int8_mask": False,
+    assert p == {"weight": [1.0, 3.0], "density": [0.2, 0.5], "normalize": True, "lambda_": 2.0, "int8_mask": False,
                  "rescale": False, "rescale_norm": "l1"}
 
 
@@ -60,7 +59,7 @@ def test_config_base_listed_in_models_is_skipped_for_task_vector_methods():
         ({"merge_method": "tie"}, "did you mean 'ties'"),
         ({"mystery": 1}, "unknown key(s) 'mystery'"),
         ({"parameters": {"densty": 0.5}}, "'densty' is not a parameter of ties"),
-        ({"models": [{"model": "a"}]}, "'weight' is required for every model; missing for a"),
+        ({"models": [{"model": "a"}]}, "'weight' is required for every model; missing for models[0] (a)"),
         ({"models": [{"model": "a", "parameters": {"weight": 1, "normalize": False}}]}, "'normalize' is a global parameter"),
         ({"base_model": None}, "needs base_model"),
         ({"dtype": "bf17"}, "dtype 'bf17' is unknown"),

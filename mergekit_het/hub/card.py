@@ -163,6 +163,22 @@ def _params_text(params: Any) -> str:
     return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items())
 
 
+MAX_CONFIG_CHARS = 10_000
+"""The most of the merge config copied into a card: a longer text (a huge comment, a pasted
+blob) is replaced by the config re-dumped without comments, cut to this many characters."""
+
+
+def _bounded_config(config_yaml: str, config: dict) -> str:
+    """The config text for the card: verbatim when short, else `config` as YAML (no comments),
+    cut to `MAX_CONFIG_CHARS` with a note saying where the whole text is."""
+    if len(config_yaml) <= MAX_CONFIG_CHARS:
+        return config_yaml
+    text = yaml.safe_dump(config, sort_keys=False) if config else config_yaml
+    if len(text) > MAX_CONFIG_CHARS:
+        text = text[:MAX_CONFIG_CHARS].rsplit("\n", 1)[0] + "\n# ... (cut; the whole config is in mergekit_config.yml)\n"
+    return text
+
+
 def write_merge_card(
     out_dir: Path,
     config_yaml: str,
@@ -171,10 +187,15 @@ def write_merge_card(
     models: list[str],
     method: str,
     eval_results: dict | None = None,
+    title: str | None = None,
 ) -> Path:
     """Write `out_dir/README.md` for a merge: front matter, method and parameters, inputs, the
-    config verbatim, and evaluation results (`eval_results`, else `out_dir/eval_results.json`)."""
+    config (verbatim up to `MAX_CONFIG_CHARS`), and evaluation results (`eval_results`, else
+    `out_dir/eval_results.json`). `title` (default: the folder's name) heads the card: the
+    output's name when the card is written in a staging folder."""
     out_dir = Path(out_dir)
+    title = title or out_dir.name
+    config_yaml = _bounded_config(config_yaml, config)
     eval_results = eval_results if eval_results is not None else load_eval_results(out_dir)
     inputs = list(dict.fromkeys(([base_model] if base_model else []) + list(models)))
     ids = [r for r in inputs if hub_id(r)]
@@ -190,7 +211,7 @@ def write_merge_card(
         if isinstance(entry, dict)
     }
     lines = [
-        f"# {out_dir.name}",
+        f"# {title}",
         "",
         f"This model is a merge of {len(models)} models made with [mergekit-het]({PROJECT_URL}) "
         f"using the `{method}` merge method" + (f", with {_link(base_model)} as the base." if base_model else "."),
@@ -208,7 +229,7 @@ def write_merge_card(
     runs = [len(r) for r in re.findall(r"`{3,}", config_yaml)]
     fence = "`" * max([3, *[n + 1 for n in runs]])  # a fence the verbatim YAML cannot close
     lines += ["", "## Configuration", "", f"{fence}yaml", config_yaml.rstrip("\n"), fence]
-    return _write_card(out_dir, _render(data, "\n".join(lines), eval_results, out_dir.name))
+    return _write_card(out_dir, _render(data, "\n".join(lines), eval_results, title))
 
 
 def write_expert_card(out_dir: Path, expert_json: dict, eval_results: dict | None = None) -> Path:

@@ -1,7 +1,7 @@
 """Reading a tensor name in pieces: read-ahead on a thread pool, and repeated passes.
 
-The engine reads each tensor name either whole or, when it is large and the merge method can
-run on chunks, as contiguous flat chunks (`TensorSource.read_range`). A method that needs
+The engine reads each output tensor's inputs either whole or, when they are large and the merge
+method can run on chunks, as contiguous flat chunks (`TensorSource.read_range`). A method that needs
 whole-tensor statistics iterates the chunks more than once; `Pieces` keeps them between passes
 when they are small enough (always on a GPU) and otherwise reads them again from the page cache,
 so memory stays bounded by a chunk group whatever the model's size.
@@ -17,21 +17,28 @@ from torch import Tensor
 
 from .sources import TensorSource
 
-Key = tuple[str, int, int]  # (tensor name, first flat element, end)
+Reads = tuple[tuple[TensorSource, str], ...]
+"""The inputs of one output tensor: (source, name of the tensor in it), in source order."""
+Key = tuple[Reads, int, int]  # (inputs, first flat element, end)
 
 
 class Reader:
-    """Reads pieces (name, start, stop) of every source, on a thread pool ahead of use."""
+    """Reads pieces (inputs, start, stop), on a thread pool ahead of use."""
 
-    def __init__(self, sources: list[TensorSource], workers: int, pin: bool):
-        self._sources = sources
+    def __init__(self, workers: int, pin: bool):
         self._pin = pin
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") if workers else None
         self._ahead: dict[Key, Future] = {}
 
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _read(self, key: Key) -> list[Tensor]:
-        name, start, stop = key
-        return [s.read_range(name, start, stop, pin_memory=self._pin) for s in self._sources]
+        reads, start, stop = key
+        return [src.read_range(name, start, stop, pin_memory=self._pin) for src, name in reads]
 
     def prefetch(self, key: Key) -> None:
         if self._pool is not None and key not in self._ahead:
@@ -47,19 +54,16 @@ class Reader:
 
 
 class Pieces:
-    """The pieces of one tensor name, in flat order, on the compute device: the whole tensor,
+    """The pieces of one output tensor, in flat order, on the compute device: the whole tensor,
     or chunks of a large one. Iterating again is a new pass: the chunks are kept from the first
-    pass when they fit `cache_bytes` (always on a GPU, where device memory holds a few tensor
-    groups), else read again (from the page cache)."""
+    pass if `cache` (the plan decides: they fit its cache budget, always on a GPU, where device
+    memory holds a few tensor groups), else read again (from the page cache)."""
 
-    def __init__(self, reader: Reader, name: str, ranges: list[tuple[int, int]], device: torch.device,
+    def __init__(self, reader: Reader, reads: Reads, ranges: tuple[tuple[int, int], ...], device: torch.device,
                  depth: int, cache: bool, has_base: bool):  # fmt: skip
-        self.name, self.ranges, self._has_base = name, ranges, has_base
+        self.reads, self.ranges, self._has_base = reads, ranges, has_base
         self._reader, self._device, self._depth, self._cache_ok = reader, device, depth, cache
         self._cache: list[tuple[int, int, list[Tensor]]] | None = None
-
-    def first_key(self) -> Key:
-        return (self.name, *self.ranges[0])
 
     def __call__(self, then: Key | None = None) -> Iterator[tuple[int, int, list[Tensor]]]:
         """One pass: (start, stop, raw tensors of every source); prefetches `then` near the end."""
@@ -68,7 +72,7 @@ class Pieces:
                 self._reader.prefetch(then)
             yield from self._cache
             return
-        keys = [(self.name, *r) for r in self.ranges] + ([then] if then is not None else [])
+        keys = [(self.reads, *r) for r in self.ranges] + ([then] if then is not None else [])
         kept = [] if self._cache_ok else None
         for i in range(len(self.ranges)):
             for ahead in keys[i + 1 : i + 1 + self._depth]:

@@ -18,8 +18,8 @@ import torch
 
 from ..errors import ConfigError, TensorError
 from .format import build_header
+from ..runtime.names import SAFETENSORS_INDEX_FILE
 
-SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"  # huggingface_hub.constants' names
 _PATTERN = "model{suffix}.safetensors"
 
 

@@ -1,21 +1,14 @@
-"""mergekit's YAML merge configuration, validated up front, and per-tensor parameter values.
+"""mergekit's YAML merge configuration, validated up front.
 
 Accepted keys (mergekit 0.1 schema): `merge_method`, `models` (each `model` + `parameters`),
 `base_model`, `parameters`, `dtype`, `out_dtype`, `tokenizer_source`, and `slices` where one
 slice takes every source's full layer range (the common slerp form; it is the same as `models`).
-Every problem found is reported at once, before any tensor is read.
-
-Parameter values follow mergekit: a scalar; a list of numbers = a *gradient* interpolated over
-layer depth t ∈ [0, 1] (non-layer tensors take t = 0, i.e. the first value); a list of
-`{filter, value}` where the first entry whose filter is empty, "*" or a substring of the tensor
-name gives the value. Lookup order: the model's own `parameters`, then the top-level
-`parameters`, then the method's default.
+Every problem found is reported at once, before any tensor is read; parameters are checked by
+the binder (`binder.py`: names, placement, types, ranges, gradients and filters).
 """
 
 from __future__ import annotations
 
-import re
-import typing
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,15 +16,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ConfigError
-from ..methods import MergeMethod, Param, get_method
+from ..methods import MergeMethod, get_method
+from ..runtime.device import DTYPES
 from ..runtime.yaml_config import read_yaml_mapping
-
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "float64": torch.float64,
-}  # fmt: skip
+from .binder import check_parameters
 TOP_LEVEL_KEYS = ("merge_method", "models", "slices", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source")
 
 
@@ -143,122 +131,18 @@ def validate(cfg: MergeConfig) -> list[str]:
         problems.append(f"merge_method '{method.name}' needs at least {method.min_models} model(s) besides the base, got {len(inputs)}")
     if method.max_models is not None and len(inputs) > method.max_models:
         problems.append(f"merge_method '{method.name}' takes at most {method.max_models} model(s) besides the base, got {len(inputs)}")
-    problems += _check_params(method, cfg.parameters, "parameters", per_model_only=False)
-    for i, entry in enumerate(cfg.models):
-        problems += _check_params(method, entry.parameters, f"models[{i}] ({entry.model}).parameters", per_model_only=True)
-    for name, p in method.per_model_params.items():
-        if p.required and name not in cfg.parameters:
-            missing = [e.model for e in inputs if name not in e.parameters]
-            if missing:
-                problems.append(f"parameter '{name}' is required for every model; missing for {', '.join(missing)}")
-    for name, p in method.global_params.items():
-        if p.required and name not in cfg.parameters:
-            problems.append(f"parameter '{name}' is required by merge_method '{method.name}'")
+    problems += _parameter_problems(cfg, method)
     return problems
 
 
-def _check_params(method: MergeMethod, given: Mapping[str, Any], where: str, per_model_only: bool) -> list[str]:
-    problems = []
-    for key, spec in given.items():
-        param = method.params.get(key)
-        if param is None:
-            allowed = ", ".join(method.params) or "none"
-            problems.append(f"{where}: '{key}' is not a parameter of {method.name} (it takes {allowed})")
-        elif per_model_only and not param.per_model:
-            problems.append(f"{where}: '{key}' is a global parameter of {method.name}; set it in the top-level parameters")
-        else:
-            problems += [f"{where}.{key}: {p}" for p in _check_value(param, spec)]
+def _parameter_problems(cfg: MergeConfig, method: MergeMethod) -> list[str]:
+    """The binder's problems with the top-level and per-model parameters (a base listed under
+    `models` is checked too, though it is not merged)."""
+    inputs = cfg.inputs()
+    labels = [f"models[{i}] ({e.model}).parameters" for i, e in enumerate(cfg.models)]
+    merged = [(label, e.parameters) for label, e in zip(labels, cfg.models) if any(e is m for m in inputs)]
+    skipped = [(label, e.parameters) for label, e in zip(labels, cfg.models) if not any(e is m for m in inputs)]
+    problems, _ = check_parameters(method, cfg.parameters, [p for _, p in merged], model_labels=[label for label, _ in merged])
+    if skipped:
+        problems += check_parameters(method, {}, [p for _, p in skipped], model_labels=[label for label, _ in skipped], require=False)[0]
     return problems
-
-
-def _leaf_values(spec: Any) -> list[Any]:
-    if isinstance(spec, list) and spec and all(isinstance(x, Mapping) for x in spec):
-        return [v for item in spec for v in _leaf_values(item.get("value"))]
-    if isinstance(spec, list):
-        return list(spec)
-    return [spec]
-
-
-def _check_value(param: Param, spec: Any) -> list[str]:
-    if isinstance(spec, list) and spec and all(isinstance(x, Mapping) for x in spec):
-        bad = [set(x) - {"filter", "value"} for x in spec if set(x) - {"filter", "value"} or "value" not in x]
-        if bad:
-            return ["each conditional entry needs 'value' and at most 'filter'"]
-    hint = param.annotation
-    base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
-    for v in _leaf_values(spec):
-        if v is None:
-            continue
-        if typing.get_origin(base) is typing.Literal:
-            if v not in typing.get_args(base):
-                return [f"{v!r} is not one of {', '.join(map(repr, typing.get_args(base)))}"]
-        elif base is bool:
-            if not isinstance(v, bool):
-                return [f"expected true/false, got {v!r}"]
-        elif base in (float, int) and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            return [f"expected a number, got {v!r}"]
-    return []
-
-
-# ---- per-tensor resolution -------------------------------------------------------------
-
-_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
-
-
-def layer_position(tensor_name: str, num_layers: int | None) -> float:
-    """mergekit's t: layer i of n gets i/(n−1) (1 if n == 1); non-layer tensors get 0."""
-    m = _LAYER.search(tensor_name)
-    if m is None or not num_layers:
-        return 0.0
-    return 1.0 if num_layers == 1 else int(m.group(1)) / (num_layers - 1)
-
-
-def evaluate(spec: Any, tensor_name: str, t: float) -> Any:
-    """Value of a parameter spec for one tensor at layer position t (None falls through)."""
-    if isinstance(spec, list) and spec and all(isinstance(x, Mapping) for x in spec):
-        for cond in spec:
-            f = cond.get("filter")
-            if f in (None, "", "*") or f in tensor_name:
-                return evaluate(cond["value"], tensor_name, t)
-        return None
-    if isinstance(spec, list):
-        if not spec:
-            return None
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in spec):
-            scaled = t * (len(spec) - 1)
-            i0 = int(scaled)
-            i1 = min(len(spec) - 1, i0 + 1)
-            frac = scaled - i0
-            return (1 - frac) * spec[i0] + frac * spec[i1]
-        return spec[int(t * (len(spec) - 1))]
-    return spec
-
-
-class ParameterResolver:
-    """Per-tensor parameter values for a method, from global and per-model specs."""
-
-    def __init__(self, method: MergeMethod, global_specs: Mapping[str, Any], model_specs: list[Mapping[str, Any]], num_layers: int | None):
-        self.method = method
-        self.global_specs = dict(global_specs)
-        self.model_specs = [dict(s) for s in model_specs]
-        self.num_layers = num_layers
-
-    def for_tensor(self, name: str) -> dict[str, Any]:
-        t = layer_position(name, self.num_layers)
-        out: dict[str, Any] = {}
-        for key, p in self.method.params.items():
-            if p.per_model:
-                out[key] = [self._value(key, p, name, t, specs) for specs in self.model_specs]
-            else:
-                out[key] = self._value(key, p, name, t, {})
-        return out
-
-    def _value(self, key: str, p: Param, name: str, t: float, own: Mapping[str, Any]) -> Any:
-        for specs in (own, self.global_specs):
-            if key in specs:
-                value = evaluate(specs[key], name, t)
-                if value is not None:
-                    return value
-        if p.required:
-            raise ConfigError(f"parameter '{key}' has no value for tensor {name}")
-        return p.default

@@ -3,9 +3,9 @@
 A method's signature is its parameter schema:
 
 ```python
-@merge_method("ties", paper="arXiv:2306.01708", base="required")
-def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: PerModel = 1.0,
-         normalize: bool = True, lambda_: float = 1.0) -> Tensor: ...
+@merge_method("ties", paper="arXiv:2306.01708", chunked=ties_chunked)
+def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0,
+         normalize: bool = True, lambda_: float = 1.0, stats: TensorStats = WHOLE) -> Tensor: ...
 ```
 
 - `base` is the base model's tensor (None for methods that take no base);
@@ -14,29 +14,26 @@ def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: PerM
   may overwrite it); for a method with a `chunked` form, `base` and `tensors` may be matching
   flat slices of the flattened tensors;
 - keyword parameters annotated `PerModel` are *tensor parameters* in mergekit's sense: one
-  value per model (the engine passes a list); every other keyword is a *global* parameter;
+  value per model (the function receives a list); every other keyword is a *global* parameter;
+  a `Bounds` in the annotation is the parameter's range (checked by `merge.binder`);
 - a trailing `_` is stripped from a parameter's YAML name (`lambda_` is `lambda`);
-- a parameter named `generator` receives a `torch.Generator` seeded per tensor (random methods);
-- keywords listed in `passes` outputs are *model statistics*: the engine computes them with
-  streaming passes over every tensor before merging (e.g. the TIES paper's model-wide trim
-  threshold) and passes them to every call; they are not user parameters;
-- `chunked` says how the engine may run the method on flat slices ("chunks") of a large
-  tensor, so memory and cache traffic stay bounded by the chunk size (see `ChunkedForm`);
-  keywords it computes (listed in `computed`) are not user parameters either.
+- two keywords are not parameters: `generator` receives a `torch.Generator` seeded per tensor
+  (random methods), `stats` the engine's statistics of the tensor (`TensorStats`: the chunk's
+  offset, whole-tensor trims of a chunked merge, model-wide statistics of the method's `passes`).
 
-Presets register one implementation under several names with some keywords fixed and
-other defaults changed (mergekit's registry: ties / dare_ties / breadcrumbs are presets of
-generalized task arithmetic).
+Variants are presets: small named functions with their own signature (their own defaults) that
+compose shared steps (`task_arithmetic.py`: sparsify → consensus → disjoint merge).
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import typing
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Callable, Literal
 
 import torch
@@ -49,6 +46,37 @@ PerModel = Annotated[float, _PER_MODEL]
 """Annotation of a per-model (tensor) parameter; the function receives `list[float]`."""
 
 REQUIRED = inspect.Parameter.empty
+NOT_PARAMETERS = ("generator", "stats")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric parameter. NaN and ±Inf are always refused. A value below `low`
+    (at it too if `low_open`) or above `high` has no meaning and is refused (`why` says so); a
+    value outside [`warn_low`, `warn_high`] is one mergekit 0.1.5 accepts (a no-op, an
+    extrapolation): it is accepted with a warning (`warn_why`)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    why: str = ""
+    warn_low: float = -math.inf
+    warn_high: float = math.inf
+    warn_why: str = ""
+
+    def refuses(self, v: float) -> bool:
+        return v < self.low or (self.low_open and v == self.low) or v > self.high
+
+    def warns(self, v: float) -> bool:
+        return v < self.warn_low or v > self.warn_high
+
+
+Density = Annotated[PerModel, Bounds(low=0, low_open=True, why="a density of 0 or less keeps no entry",
+                                     warn_high=1, warn_why="a density above 1 keeps every entry, as 1 does")]  # fmt: skip
+"""Per-model fraction of a task vector's entries kept by a sparsifier."""
+
+Share = Annotated[PerModel, Bounds(warn_low=0, warn_high=1, warn_why="it is a share of the entries, outside [0, 1]")]
+"""Per-model share of entries (Breadcrumbs' gamma, DELLA's epsilon)."""
 
 
 class Float32Copies(Sequence[Tensor]):
@@ -79,49 +107,59 @@ def _float_copy(t: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class TensorStats:
+    """Engine statistics of the tensor (or chunk) being merged, for methods that take `stats`.
+
+    `start`: the first flat element of the chunk (0 for a whole tensor); `trims`: per model, the
+    whole tensor's `sparsify.Trim` (a chunked TIES merge; None: compute it from the input);
+    `model`: model-wide statistics, the outputs of the method's `passes`."""
+
+    start: int = 0
+    trims: tuple[Any, ...] | None = None
+    model: Mapping[str, Any] = field(default_factory=dict)
+
+
+WHOLE = TensorStats()
+"""The statistics of a whole tensor merged on its own (no chunks, no passes)."""
+
+
+@dataclass(frozen=True)
 class ModelPass:
     """A streaming pass over all tensor names before the merge, computing model statistics.
 
-    `start(n_models)` makes a state; `update(state, base, tensors, params)` sees each tensor
-    name's float32 inputs and resolved parameters (including outputs of earlier passes);
-    `finish(state)` returns keyword values for later passes and for the method (names
-    starting with `_` are seen by later passes only).
-    """
+    `start(n_models)` makes a state; `update(state, base, tensors, params, model)` sees each
+    tensor name's float32 inputs, its bound keywords and the statistics of earlier passes
+    (`model`); `finish(state)` returns statistics added to `TensorStats.model`."""
 
     start: Callable[[int], Any]
-    update: Callable[[Any, Tensor | None, list[Tensor], dict[str, Any]], None]
+    update: Callable[[Any, Tensor | None, list[Tensor], dict[str, Any], Mapping[str, Any]], None]
     finish: Callable[[Any], dict[str, Any]]
-    outputs: tuple[str, ...]
 
 
 Chunks = Callable[[], Iterator[tuple[int, Tensor | None, list[Tensor]]]]
 """`chunks()` yields, in flat order, (offset, base chunk, [model chunks]) of one tensor name:
 contiguous slices of the flattened tensors in their stored dtype, on the compute device."""
 
-ChunkExtra = Callable[[int, int], dict[str, Any]]
-"""`extra(start, stop)`: keywords under which the method, called on the chunk [start, stop) of
-every input, gives that slice of the whole-tensor result."""
+Prepare = Callable[[Chunks], TensorStats]
+"""`prepare(chunks)` may iterate `chunks()` (each call is a new pass over the tensor) and returns
+the whole-tensor statistics under which the method, called on the chunk [start, stop) of every
+input with `stats.start = start`, gives that slice of the whole-tensor result."""
 
-ChunkedForm = Callable[[int, dict[str, Any]], Callable[[Chunks], ChunkExtra] | None]
-"""`form(numel, kwargs)` returns None where `kwargs` make the method need whole tensors, else
-`prepare(chunks)`, which may iterate `chunks()` (each call is a new pass over the tensor) to
-compute whole-tensor statistics and returns the `ChunkExtra`. Deciding needs no data."""
+ChunkedForm = Callable[[int, dict[str, Any]], Prepare | None]
+"""`form(numel, kwargs)` returns None where `kwargs` make the method need whole tensors, else a
+`Prepare`. Deciding needs no data."""
 
 
-def elementwise(numel: int, kwargs: dict[str, Any]) -> Callable[[Chunks], ChunkExtra]:
-    """The `ChunkedForm` of an elementwise method: no statistics, no extra keywords."""
+def elementwise(numel: int, kwargs: dict[str, Any]) -> Prepare:
+    """The `ChunkedForm` of an elementwise method: no statistics."""
     return _no_statistics
 
 
-def _no_statistics(chunks: Chunks) -> ChunkExtra:
-    return _NO_EXTRA
+def _no_statistics(chunks: Chunks) -> TensorStats:
+    return WHOLE
 
 
-def _NO_EXTRA(start: int, stop: int) -> dict[str, Any]:
-    return {}
-
-
-def reads_chunks(prepare: Callable[[Chunks], ChunkExtra]) -> bool:
+def reads_chunks(prepare: Prepare) -> bool:
     """Whether `prepare` makes passes over the chunks before the merge pass (so the engine keeps
     them for the next pass where they fit; one pass needs no copy kept)."""
     return prepare is not _no_statistics
@@ -129,27 +167,35 @@ def reads_chunks(prepare: Callable[[Chunks], ChunkExtra]) -> bool:
 
 @dataclass(frozen=True)
 class Param:
+    """One parameter of a method's schema, read from its signature."""
+
     name: str  # YAML name
     kwarg: str  # Python keyword
     default: Any  # REQUIRED if none
     annotation: Any
     per_model: bool
+    bounds: Bounds | None = None
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
 
+    @property
+    def kind(self) -> Any:
+        """The annotation without its metadata: float, bool, a Literal, ..."""
+        hint = self.annotation
+        return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """A registered method: the function, its parameter schema and its fixed preset keywords."""
+    """A registered method: the function and its parameter schema."""
 
     name: str
     fn: Callable[..., Tensor]
     base: Literal["required", "optional", "none"]
     paper: str
     params: dict[str, Param]
-    fixed: dict[str, Any] = field(default_factory=dict)
     min_models: int = 1
     max_models: int | None = None
     doc: str = ""
@@ -165,62 +211,52 @@ class MergeMethod:
         return {k: p for k, p in self.params.items() if not p.per_model}
 
     @cached_property  # read once per tensor: inspect.signature is not free
-    def uses_generator(self) -> bool:
-        return "generator" in inspect.signature(self.fn).parameters
+    def takes(self) -> frozenset[str]:
+        """Which of `NOT_PARAMETERS` the function takes."""
+        return frozenset(inspect.signature(self.fn).parameters) & frozenset(NOT_PARAMETERS)
 
-    def __call__(self, base: Tensor | None, tensors: list[Tensor], generator=None, **params) -> Tensor:
-        """Apply to one tensor name: per-model params as lists (one per tensor), globals as scalars.
-
-        Parameters are keyed by YAML name (`lambda`) or Python keyword (`lambda_`)."""
-        kwargs = self.keywords(len(tensors), params)
-        if self.uses_generator:
-            kwargs["generator"] = generator
+    def __call__(self, base: Tensor | None, tensors: list[Tensor], generator: torch.Generator | None = None,
+                 stats: TensorStats = WHOLE, **params) -> Tensor:  # fmt: skip
+        """Apply to one tensor name: per-model params as lists (one per tensor), globals as scalars,
+        keyed by YAML name (`lambda`) or Python keyword (`lambda_`)."""
+        kwargs = {self.params[k].kwarg if k in self.params else k: v for k, v in params.items()}
+        kwargs.update(self.context(generator, stats))
         if not isinstance(tensors, Float32Copies):
             tensors = Float32Copies(tensors)
         return self.fn(base, tensors, **kwargs)
 
-    def keywords(self, n_models: int, params: dict[str, Any]) -> dict[str, Any]:
-        """The function's keyword arguments for `params` (YAML names or keywords), fixed ones added."""
-        kwargs = {self.params[k].kwarg if k in self.params else k: v for k, v in params.items()}
-        for kwarg, value in self.fixed.items():
-            kwargs[kwarg] = [value] * n_models if kwarg in self.fixed_per_model else value
-        return kwargs
+    def context(self, generator: torch.Generator | None, stats: TensorStats) -> dict[str, Any]:
+        """The non-parameter keywords the function takes."""
+        return {k: v for k, v in (("generator", generator), ("stats", stats)) if k in self.takes}
 
-    def apply(self, base: Tensor | None, tensors: list[Tensor], generator=None, **params) -> Tensor:
+    def apply(self, base: Tensor | None, tensors: list[Tensor], generator: torch.Generator | None = None,
+              stats: TensorStats = WHOLE, **params) -> Tensor:  # fmt: skip
         """Like calling the method, with defaults filled in and scalar per-model values broadcast."""
         full = {k: p.default for k, p in self.params.items() if not p.required}
         full.update({self._yaml_name(k): v for k, v in params.items()})
-        for k, p in self.per_model_params.items():
+        for k in self.per_model_params:
             if k in full and not isinstance(full[k], (list, tuple)):
                 full[k] = [full[k]] * len(tensors)
-        return self(base, tensors, generator=generator, **full)
+        return self(base, tensors, generator=generator, stats=stats, **full)
 
     def _yaml_name(self, key: str) -> str:
         return key.rstrip("_") if key.rstrip("_") in self.params else key
-
-    @cached_property  # get_type_hints evaluates every annotation (0.4 ms a call)
-    def fixed_per_model(self) -> frozenset[str]:
-        hints = typing.get_type_hints(self.fn, include_extras=True)
-        return frozenset(k for k in self.fixed if _PER_MODEL in getattr(hints.get(k), "__metadata__", ()))
 
 
 METHODS: dict[str, MergeMethod] = {}
 
 
-def _schema(fn: Callable, fixed: dict[str, Any], defaults: dict[str, Any], computed: set[str]) -> dict[str, Param]:
+def _schema(fn: Callable) -> dict[str, Param]:
     hints = typing.get_type_hints(fn, include_extras=True)
     params: dict[str, Param] = {}
     for p in inspect.signature(fn).parameters.values():
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in fixed or p.name == "generator" or p.name in computed:
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in NOT_PARAMETERS:
             continue
         hint = hints.get(p.name)
-        per_model = _PER_MODEL in getattr(hint, "__metadata__", ())
+        meta = getattr(hint, "__metadata__", ())
+        bounds = next((m for m in meta if isinstance(m, Bounds)), None)
         name = p.name.rstrip("_")
-        default = defaults.get(name, p.default)
-        params[name] = Param(name, p.name, default, hint, per_model)
-    unknown = set(defaults) - set(params)
-    if unknown:
-        raise TypeError(f"{fn.__name__}: preset defaults for unknown parameters {sorted(unknown)}")
+        params[name] = Param(name, p.name, p.default, hint, _PER_MODEL in meta, bounds)
     return params
 
 
@@ -229,36 +265,22 @@ def merge_method(
     *,
     paper: str = "",
     base: Literal["required", "optional", "none"] = "required",
-    fixed: dict[str, Any] | None = None,
-    defaults: dict[str, Any] | None = None,
     min_models: int = 1,
     max_models: int | None = None,
     passes: tuple[ModelPass, ...] = (),
     chunked: ChunkedForm | None = None,
-    computed: tuple[str, ...] = (),
 ):
-    """Register `fn` under `name`; `fixed` keywords are not user-settable, `defaults` override,
-    `passes` compute model statistics before the merge (see `ModelPass`), `chunked` lets the
-    engine run it chunk by chunk, computing the keywords `computed` (see `ChunkedForm`)."""
-    fixed = fixed or {}
-    computed = {out for p in passes for out in p.outputs} | set(computed)
+    """Register `fn` under `name`, its signature its schema; `passes` compute model statistics
+    before the merge (see `ModelPass`), `chunked` lets the engine run it chunk by chunk (see
+    `ChunkedForm`)."""
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in METHODS:
             raise ValueError(f"merge method '{name}' is registered twice")
         METHODS[name] = MergeMethod(
-            name=name,
-            fn=fn,
-            base=base,
-            paper=paper,
-            params=_schema(fn, fixed, defaults or {}, computed),
-            fixed=fixed,
-            min_models=min_models,
-            max_models=max_models,
-            doc=inspect.getdoc(fn) or "",
-            passes=passes,
-            chunked=chunked,
-        )
+            name=name, fn=fn, base=base, paper=paper, params=_schema(fn), min_models=min_models,
+            max_models=max_models, doc=inspect.getdoc(fn) or "", passes=passes, chunked=chunked,
+        )  # fmt: skip
         return fn
 
     return register

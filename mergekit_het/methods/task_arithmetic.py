@@ -1,95 +1,54 @@
-"""Generalized task arithmetic: task arithmetic, TIES, DARE, Breadcrumbs and DELLA as presets.
+"""Task arithmetic, TIES, DARE, Breadcrumbs and DELLA: presets of one composition.
 
-θ = θ₀ + λ · combine(sparsify(wᵢ(θᵢ − θ₀)))  with, per tensor (mergekit 0.1 `GTATask`):
-1. δᵢ = θᵢ − θ₀, sparsified with model i's density (none / magnitude / random / outliers / della);
+θ = θ₀ + λ · combine(wᵢ · sparsify(θᵢ − θ₀)), per tensor (mergekit 0.1 generalized task arithmetic):
+1. δᵢ = θᵢ − θ₀, sparsified with model i's density (`sparsify.py`: top magnitude, random,
+   outliers, DELLA's rank-based drop), optionally rescaled (`rescale_kept`);
 2. weights applied before the sign election: wδᵢ = wᵢ·δᵢ;
-3. consensus (TIES): elect a sign per entry, keep agreeing entries, divisor Σᵢ wᵢ·agreeᵢ;
-   no consensus: Σᵢ wδᵢ, divisor Σᵢ wᵢ (|divisor| < 1e-8 becomes 1);
+3. with consensus (TIES): elect a sign per entry by mass, keep agreeing entries, divisor
+   Σᵢ wᵢ·agreeᵢ (`consensus.py`); without: Σᵢ wδᵢ, divisor Σᵢ wᵢ (|divisor| < 1e-8 becomes 1);
 4. divide by the divisor if `normalize`; multiply by λ; add θ₀.
+Each preset below is that composition with its own sparsifier, consensus and defaults; its
+signature is its schema. `int8_mask` is accepted for mergekit compatibility: it only changed
+mergekit's mask dtype, results are identical.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .consensus import Consensus, disjoint_mean, elect_sign
-from .registry import ChunkExtra, Chunks, PerModel, as_compute_dtype, elementwise, merge_method
-from .sparsify import (
-    RescaleNorm,
-    Trim,
-    della_prune,
-    drop_outliers,
-    keep_top_magnitude,
-    random_drop,
-    rescale_kept,
-    top_magnitude_trims,
-)
+from .consensus import disjoint_mean, elect_sign
+from .registry import WHOLE, Density, PerModel, Prepare, Share, TensorStats, as_compute_dtype, elementwise, merge_method
+from .sparsify import RescaleNorm, della_prune, drop_outliers, keep_top_magnitude, random_drop, rescale_kept, top_magnitude_trims
 
-Sparsifier = Literal["none", "magnitude", "random", "outliers", "della"]
+Prune = Callable[[int, Tensor, float], Tensor]
+"""`prune(i, δᵢ, density)`: model i's sparsified task vector (density < 1)."""
 
 
-def _sparsify(
-    delta: Tensor,
-    how: Sparsifier,
-    density: float,
-    gamma: float,
-    epsilon: float,
-    rescale: bool,
-    rescale_norm: RescaleNorm,
-    generator: torch.Generator | None,
-    trim: Trim | None,
-    start: int,
-) -> Tensor:
-    if how == "none" or density >= 1:
-        return delta
-    if how == "magnitude":
-        kept = keep_top_magnitude(delta, density, trim, start)
-    elif how == "random":
-        kept = random_drop(delta, density, generator=generator)
-    elif how == "outliers":
-        kept = drop_outliers(delta, density, gamma)
-    else:
-        kept = della_prune(delta, density, epsilon, generator=generator)
-    return rescale_kept(delta, kept, density, rescale_norm) if rescale else kept
+def _sparsifier(prune: Prune, density: list[float], rescale: bool, norm: RescaleNorm) -> Callable[[int, Tensor], Tensor]:
+    """Model i's δᵢ pruned to its density and, if `rescale`, rescaled; δᵢ itself at density >= 1."""
+
+    def apply(i: int, delta: Tensor) -> Tensor:
+        if density[i] >= 1:
+            return delta
+        kept = prune(i, delta, density[i])
+        return rescale_kept(delta, kept, density[i], norm) if rescale else kept
+
+    return apply
 
 
-def generalized_task_arithmetic(
-    base: Tensor,
-    tensors: list[Tensor],
-    *,
-    weight: PerModel,
-    density: PerModel = 1.0,
-    gamma: PerModel = 0.01,
-    epsilon: PerModel = 0.15,
-    normalize: bool = False,
-    rescale: bool = False,
-    rescale_norm: RescaleNorm = "l1",
-    lambda_: float = 1.0,
-    int8_mask: bool = False,
-    sparsify: Sparsifier = "none",
-    consensus: Consensus | None = None,
-    generator: torch.Generator | None = None,
-    trims: list[Trim | None] | None = None,
-    start: int = 0,
-) -> Tensor:
-    """θ₀ + λ·mix(wᵢ·sparsify(θᵢ − θ₀)); see the module docstring.
-
-    `rescale` rescales sparsified deltas (`rescale_norm` "l1" = mergekit 0.1, "density" = the
-    DARE paper's 1/density). `int8_mask` is accepted for mergekit compatibility: it only changed
-    mergekit's mask dtype, results are identical. `trims`/`start` are computed by the engine
-    (`_chunked`) when it merges a large tensor chunk by chunk."""
+def _merge(base: Tensor, tensors: list[Tensor], weight: list[float], sparsify: Callable[[int, Tensor], Tensor] | None,
+           consensus: bool, normalize: bool, lambda_: float) -> Tensor:  # fmt: skip
+    """θ₀ + λ · combine(wᵢ · sparsify(θᵢ − θ₀)) (steps 1-4 of the module docstring)."""
     weighted = []
-    for i, (t, w, d, g, e) in enumerate(zip(tensors, weight, density, gamma, epsilon)):
-        trim = trims[i] if trims is not None else None
-        wd = _sparsify(t.sub_(base), sparsify, d, g, e, rescale, rescale_norm, generator, trim, start)
+    for i, (t, w) in enumerate(zip(tensors, weight)):
+        wd = t.sub_(base) if sparsify is None else sparsify(i, t.sub_(base))
         weighted.append(wd.mul_(w) if w != 1 else wd)
-    if consensus is not None:
-        mixed = disjoint_mean(weighted, weight, elect_sign(weighted, consensus), normalize)
+    if consensus:
+        mixed = disjoint_mean(weighted, weight, elect_sign(weighted, "sum"), normalize)
     else:
         mixed = weighted[0]  # a new tensor (θᵢ − θ₀ is), so it can accumulate in place
         for wd in weighted[1:]:
@@ -102,53 +61,108 @@ def generalized_task_arithmetic(
     return mixed.add_(base)
 
 
-def _chunked(numel: int, kwargs: dict[str, Any]) -> Callable[[Chunks], ChunkExtra] | None:
-    """Chunk by chunk: without sparsification the method is elementwise; magnitude trimming
-    (TIES) is, once each model's `Trim` of the whole tensor is known (two passes over the
-    chunks, see `top_magnitude_trims`). Random and rank-based sparsifiers, and L1 rescaling,
-    need the whole tensor."""
-    if kwargs["sparsify"] == "none":
-        return elementwise(numel, kwargs)
-    if kwargs["sparsify"] != "magnitude" or kwargs["rescale"]:
+@merge_method("task_arithmetic", paper="arXiv:2212.04089", chunked=elementwise)
+def task_arithmetic(base: Tensor, tensors: list[Tensor], *, weight: PerModel, normalize: bool = False,
+                    rescale: bool = False, lambda_: float = 1.0, int8_mask: bool = False) -> Tensor:  # fmt: skip
+    """θ₀ + λ·Σᵢ wᵢ(θᵢ − θ₀), divided by Σᵢ wᵢ if `normalize` (`rescale` has nothing to rescale)."""
+    return _merge(base, tensors, weight, None, False, normalize, lambda_)
+
+
+def ties_chunked(numel: int, kwargs: dict[str, Any]) -> Prepare | None:
+    """TIES chunk by chunk: once each model's `Trim` of the whole tensor is known (two passes
+    over the chunks, see `top_magnitude_trims`), trimming a chunk is elementwise. L1 rescaling
+    needs the whole tensor."""
+    if kwargs["rescale"]:
         return None
 
-    def prepare(chunks: Chunks) -> ChunkExtra:
+    def prepare(chunks) -> TensorStats:
         def magnitudes(stride: int):
             for offset, base, tensors in chunks():
                 first = -offset % stride
                 b = as_compute_dtype(base[first::stride])
                 yield offset, [(as_compute_dtype(t[first::stride]) - b).abs_() for t in tensors]
 
-        trims = top_magnitude_trims(magnitudes, numel, kwargs["density"])
-        return lambda start, stop: {"trims": trims, "start": start}
+        return TensorStats(trims=tuple(top_magnitude_trims(magnitudes, numel, kwargs["density"])))
 
     return prepare
 
 
-_IRRELEVANT: dict[str, tuple[str, ...]] = {
-    "none": ("density", "gamma", "epsilon", "rescale_norm"),
-    "magnitude": ("gamma", "epsilon"),
-    "random": ("gamma", "epsilon"),
-    "outliers": ("epsilon",),
-    "della": ("gamma",),
-}
+def _top_magnitude(stats: TensorStats) -> Prune:
+    """TIES's trim: model i's whole-tensor `Trim` where the engine computed it (chunks), else its own."""
+    trims = stats.trims
+    return lambda i, delta, d: keep_top_magnitude(delta, d, trims[i] if trims else None, stats.start)
 
 
-def _preset(name: str, paper: str, sparsify: Sparsifier, consensus: Consensus | None, **defaults) -> None:
-    """Register generalized task arithmetic as `name`; parameters its sparsifier ignores are fixed."""
-    fn_defaults = {p.name: p.default for p in inspect.signature(generalized_task_arithmetic).parameters.values()}
-    fixed = {k: fn_defaults[k] for k in _IRRELEVANT[sparsify]}
-    fixed.update(sparsify=sparsify, consensus=consensus)
-    merge_method(name, paper=paper, fixed=fixed, defaults=defaults, chunked=_chunked, computed=("trims", "start"))(
-        generalized_task_arithmetic
-    )
+@merge_method("ties", paper="arXiv:2306.01708", chunked=ties_chunked)
+def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, normalize: bool = True,
+         rescale: bool = False, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0, int8_mask: bool = False,
+         stats: TensorStats = WHOLE) -> Tensor:  # fmt: skip
+    """TIES: keep each δᵢ's top-`density` magnitudes, elect signs by mass, disjoint mean."""
+    sparsify = _sparsifier(_top_magnitude(stats), density, rescale, rescale_norm)
+    return _merge(base, tensors, weight, sparsify, True, normalize, lambda_)
 
 
-_preset("task_arithmetic", "arXiv:2212.04089", "none", None)
-_preset("ties", "arXiv:2306.01708", "magnitude", "sum", normalize=True)
-_preset("dare_ties", "arXiv:2311.03099", "random", "sum", rescale=True)
-_preset("dare_linear", "arXiv:2311.03099", "random", None, rescale=True)
-_preset("breadcrumbs", "arXiv:2312.06795", "outliers", None)
-_preset("breadcrumbs_ties", "arXiv:2312.06795", "outliers", "sum")
-_preset("della", "arXiv:2406.11617", "della", "sum", normalize=True, rescale=True)
-_preset("della_linear", "arXiv:2406.11617", "della", None, rescale=True)
+def _random(generator: torch.Generator | None) -> Prune:
+    return lambda i, delta, d: random_drop(delta, d, generator=generator)
+
+
+@merge_method("dare_ties", paper="arXiv:2311.03099")
+def dare_ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, normalize: bool = False,
+              rescale: bool = True, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0, int8_mask: bool = False,
+              generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """DARE drop (keep each entry with probability `density`), rescaled, then TIES's consensus."""
+    sparsify = _sparsifier(_random(generator), density, rescale, rescale_norm)
+    return _merge(base, tensors, weight, sparsify, True, normalize, lambda_)
+
+
+@merge_method("dare_linear", paper="arXiv:2311.03099")
+def dare_linear(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, normalize: bool = False,
+                rescale: bool = True, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0, int8_mask: bool = False,
+                generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """DARE drop, rescaled, then the weighted sum of task arithmetic."""
+    sparsify = _sparsifier(_random(generator), density, rescale, rescale_norm)
+    return _merge(base, tensors, weight, sparsify, False, normalize, lambda_)
+
+
+def _outliers(gamma: list[float]) -> Prune:
+    return lambda i, delta, d: drop_outliers(delta, d, gamma[i])
+
+
+@merge_method("breadcrumbs", paper="arXiv:2312.06795")
+def breadcrumbs(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, gamma: Share = 0.01,
+                normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0,
+                int8_mask: bool = False) -> Tensor:  # fmt: skip
+    """Model Breadcrumbs: drop the smallest and the top-`gamma` |δ|, then the weighted sum."""
+    sparsify = _sparsifier(_outliers(gamma), density, rescale, rescale_norm)
+    return _merge(base, tensors, weight, sparsify, False, normalize, lambda_)
+
+
+@merge_method("breadcrumbs_ties", paper="arXiv:2312.06795")
+def breadcrumbs_ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, gamma: Share = 0.01,
+                     normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1",
+                     lambda_: float = 1.0, int8_mask: bool = False) -> Tensor:  # fmt: skip
+    """Model Breadcrumbs' drop, then TIES's consensus."""
+    sparsify = _sparsifier(_outliers(gamma), density, rescale, rescale_norm)
+    return _merge(base, tensors, weight, sparsify, True, normalize, lambda_)
+
+
+def _della(epsilon: list[float], generator: torch.Generator | None) -> Prune:
+    return lambda i, delta, d: della_prune(delta, d, epsilon[i], generator=generator)
+
+
+@merge_method("della", paper="arXiv:2406.11617")
+def della(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, epsilon: Share = 0.15,
+          normalize: bool = True, rescale: bool = True, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0,
+          int8_mask: bool = False, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """DELLA's MagPrune (keep-probability rising with magnitude rank), rescaled, then TIES's consensus."""
+    sparsify = _sparsifier(_della(epsilon, generator), density, rescale, rescale_norm)
+    return _merge(base, tensors, weight, sparsify, True, normalize, lambda_)
+
+
+@merge_method("della_linear", paper="arXiv:2406.11617")
+def della_linear(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, epsilon: Share = 0.15,
+                 normalize: bool = False, rescale: bool = True, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0,
+                 int8_mask: bool = False, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """DELLA's MagPrune, rescaled, then the weighted sum."""
+    sparsify = _sparsifier(_della(epsilon, generator), density, rescale, rescale_norm)
+    return _merge(base, tensors, weight, sparsify, False, normalize, lambda_)

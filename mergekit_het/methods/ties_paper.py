@@ -14,13 +14,14 @@ mean as in mergekit; the paper has none). `density` must be one number per model
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .consensus import disjoint_mean, elect_sign
-from .registry import ModelPass, PerModel, merge_method
+from .registry import WHOLE, Density, ModelPass, PerModel, TensorStats, merge_method
 
 _HIGH, _LOW = 1 << 15, 1 << 16
 
@@ -42,7 +43,7 @@ def _count_start(n: int) -> dict[str, Any]:
     return {"hist": None, "numel": 0, "density": None}
 
 
-def _count_update(state: dict, base: Tensor, tensors: list[Tensor], p: dict) -> None:
+def _count_update(state: dict, base: Tensor, tensors: list[Tensor], p: dict, model: Mapping[str, Any]) -> None:
     if state["hist"] is None:
         state["hist"] = [torch.zeros(_HIGH, dtype=torch.int64, device=base.device) for _ in tensors]
         state["density"] = list(p["density"])
@@ -62,17 +63,17 @@ def _from_top(counts: Tensor, k: int) -> tuple[int, int]:
 
 def _count_finish(state: dict) -> dict[str, Any]:
     ks = [min(int(d * state["numel"]) + 1, state["numel"]) for d in state["density"]]
-    return {"_bucket": [_from_top(h, k) + (k,) for h, k in zip(state["hist"], ks)]}
+    return {"bucket": [_from_top(h, k) + (k,) for h, k in zip(state["hist"], ks)]}
 
 
 def _refine_start(n: int) -> dict[str, Any]:
     return {"hist": None, "buckets": None}
 
 
-def _refine_update(state: dict, base: Tensor, tensors: list[Tensor], p: dict) -> None:
+def _refine_update(state: dict, base: Tensor, tensors: list[Tensor], p: dict, model: Mapping[str, Any]) -> None:
     if state["hist"] is None:
         state["hist"] = [torch.zeros(_LOW, dtype=torch.int64, device=base.device) for _ in tensors]
-        state["buckets"] = p["_bucket"]
+        state["buckets"] = model["bucket"]
     for hist, t, (bucket, _, _) in zip(state["hist"], tensors, state["buckets"]):
         bits = _bits(base, t)
         hist += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=_LOW)
@@ -91,8 +92,8 @@ def _majority_start(n: int) -> dict[str, Any]:
     return {"total": 0.0}
 
 
-def _majority_update(state: dict, base: Tensor, tensors: list[Tensor], p: dict) -> None:
-    kept = _trimmed(base, tensors, p["threshold"], p["weight"])
+def _majority_update(state: dict, base: Tensor, tensors: list[Tensor], p: dict, model: Mapping[str, Any]) -> None:
+    kept = _trimmed(base, tensors, model["threshold"], p["weight"])
     state["total"] += float(elect_sign(kept, "sum", tie=0.0).sum())
 
 
@@ -101,9 +102,9 @@ def _majority_finish(state: dict) -> dict[str, Any]:
 
 
 PASSES = (
-    ModelPass(_count_start, _count_update, _count_finish, outputs=("_bucket",)),
-    ModelPass(_refine_start, _refine_update, _refine_finish, outputs=("threshold",)),
-    ModelPass(_majority_start, _majority_update, _majority_finish, outputs=("majority",)),
+    ModelPass(_count_start, _count_update, _count_finish),
+    ModelPass(_refine_start, _refine_update, _refine_finish),
+    ModelPass(_majority_start, _majority_update, _majority_finish),
 )
 
 
@@ -113,15 +114,15 @@ def ties_paper(
     tensors: list[Tensor],
     *,
     weight: PerModel = 1.0,
-    density: PerModel = 0.2,
+    density: Density = 0.2,
     normalize: bool = True,
     lambda_: float = 1.0,
-    threshold: list[float],
-    majority: float,
+    stats: TensorStats = WHOLE,
 ) -> Tensor:
-    """θ₀ + λ · disjoint-mean of the model-wide-trimmed task vectors (see the module docstring)."""
-    kept = _trimmed(base, tensors, threshold, weight)
-    mixed = disjoint_mean(kept, weight, elect_sign(kept, "sum", tie=majority), normalize)
+    """θ₀ + λ · disjoint-mean of the model-wide-trimmed task vectors (see the module docstring);
+    `stats.model` holds the passes' `threshold` (per model) and `majority` sign."""
+    kept = _trimmed(base, tensors, stats.model["threshold"], weight)
+    mixed = disjoint_mean(kept, weight, elect_sign(kept, "sum", tie=stats.model["majority"]), normalize)
     if lambda_ != 1:
         mixed *= lambda_
     return base + mixed

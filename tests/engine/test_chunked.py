@@ -1,6 +1,7 @@
 """Chunked merging: a large tensor merged chunk by chunk equals the whole-tensor merge bit for bit,
 reads never exceed a chunk, and the streamed top-k selection equals a full sort."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from mergekit_het.merge.binder import bind_parameters
 from mergekit_het.merge.config import load_merge_config
 from mergekit_het.merge.engine import MergeOptions, run_merge
 from mergekit_het.io.pieces import Pieces
@@ -170,11 +172,12 @@ def test_ties_method_on_slices_with_trims_equals_whole():
     ties = get_method("ties")
     params = {"weight": [1.0, 0.5, 2.0], "density": [0.2, 0.5, 0.7], "lambda": 0.9}
     whole = ties.apply(b, ms, **params)
-    kwargs = ties.keywords(3, {**{k: p.default for k, p in ties.params.items() if not p.required}, **params})
+    kwargs = bind_parameters(ties, {"lambda": 0.9}, [{"weight": w, "density": d} for w, d in zip(params["weight"], params["density"])]).for_tensor("x")
     prepare = ties.chunked(b.numel(), kwargs)
     chunks = lambda: ((s, b[s : s + 999], [m[s : s + 999] for m in ms]) for s in range(0, b.numel(), 999))  # noqa: E731
-    extra = prepare(chunks)
-    pieces = [ties.fn(b[s : s + 999], [m[s : s + 999] for m in ms], **kwargs, **extra(s, s + 999)) for s in range(0, b.numel(), 999)]
+    stats = prepare(chunks)
+    assert stats.trims is not None and len(stats.trims) == 3
+    pieces = [ties.fn(b[s : s + 999], [m[s : s + 999].clone() for m in ms], **kwargs, stats=replace(stats, start=s)) for s in range(0, b.numel(), 999)]
     assert torch.equal(torch.cat(pieces), whole)
 
 
