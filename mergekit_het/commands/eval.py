@@ -80,9 +80,10 @@ def _parse_heads(items: list[str]) -> dict[str, str]:
 def _run_models(args: argparse.Namespace) -> int:
     from ..evaluate import plots
     from ..evaluate.data import encode_split
+    from ..runtime.device import resolve_device
     from ..runtime.files import staged_output
     from ..evaluate.report import scores_table
-    from ..evaluate.runner import RESULTS_FILE, evaluate, load_model, resolve_device, write_eval_results
+    from ..evaluate.runner import RESULTS_FILE, evaluate, load_model, write_eval_results
     from ..models.encoder import load_tokenizer, resolve_model
     from ..data.tasks import load_task_file
 
@@ -101,7 +102,7 @@ def _run_models(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{Path(m) / RESULTS_FILE} already exists; pass --overwrite to replace it")
     if args.out is not None and args.out.exists() and not args.overwrite:
         raise ConfigError(f"output folder {args.out} already exists; pass --overwrite to replace it")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     results = {}
     for m in args.models:
         tok = load_tokenizer(m)

@@ -1,7 +1,7 @@
 """Tokenized evaluation splits, built once and reused for every model of a comparison.
 
-Texts are sorted by token length before batching (little padding); predictions are put back
-in the split's original order.
+Rows are sorted by token length before batching (little padding, `runtime.batching`);
+predictions are put back in the split's original order.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from dataclasses import dataclass
 import torch
 
 from ..data.tasks import TaskSpec, load_split, num_labels_of
+from ..runtime.batching import Batch, eval_batches, length_order, tokenize
 
 
 @dataclass
 class EncodedSplit:
-    """One split of one task, tokenized: `batches[k]` = (row indices, model inputs)."""
+    """One split of one task, tokenized: `batches[k]` = (row indices, padded inputs with labels)."""
 
     task: str
     split: str
     num_labels: int
     labels: torch.Tensor  # (n,) long, original order
-    batches: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    batches: list[tuple[torch.Tensor, Batch]]
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -42,12 +43,6 @@ def encode_split(
     ds = load_split(task, split)
     if max_examples is not None and max_examples < len(ds):
         ds = ds.shuffle(seed=seed).select(range(max_examples))
-    texts, labels = list(ds["text"]), torch.tensor(ds["label"], dtype=torch.long)
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-    batches = []
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        enc = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-        batches.append((torch.tensor(rows, dtype=torch.long), dict(enc)))
-    return EncodedSplit(task.name, split, num_labels_of(task), labels, batches)
+    rows = tokenize(ds, tokenizer, max_length)
+    batches = list(eval_batches(rows, tokenizer, batch_size, order=length_order(rows)))
+    return EncodedSplit(task.name, split, num_labels_of(task), torch.tensor(ds["label"], dtype=torch.long), batches)

@@ -24,7 +24,8 @@ from .config import CompareConfig, MethodSpec
 from .data import EncodedSplit, encode_split
 from .interference import CrossTask, cross_task_matrix, disentanglement_grid
 from .metrics import normalized_accuracy
-from .runner import MultiTaskModel, TaskScore, evaluate, load_model, predict, read_encoder, resolve_device
+from ..runtime.device import resolve_device
+from .runner import MultiTaskModel, TaskScore, evaluate, load_model, predict, read_encoder
 from .sweep import StateDict, SweepResult, sweep
 
 
@@ -70,7 +71,7 @@ class _Bench:
     """The encoded splits and one model whose encoder weights get swapped per evaluation."""
 
     def __init__(self, cfg: CompareConfig) -> None:
-        self.cfg, self.device = cfg, resolve_device(cfg.device)
+        self.cfg, self.device = cfg, str(resolve_device(cfg.device, "device"))
         self.tasks = load_task_file(cfg.tasks, cfg.task_names)
         self.model: MultiTaskModel = load_model(cfg.base, self.tasks, cfg.experts)
         self.model.to(self.device)

@@ -34,6 +34,9 @@ from ..models.encoder import (
 )
 from ..models.ridge import RidgeHead
 from ..data.tasks import TaskSpec, num_labels_of
+from ..runtime.batching import to_device
+from ..runtime.files import atomic_write_text
+from ..runtime.evaluation import evaluate_batches
 from .data import EncodedSplit
 from .metrics import accuracy, macro_f1
 
@@ -140,23 +143,23 @@ def read_encoder(model: str | os.PathLike, dtype: torch.dtype | None = None) -> 
         raise ConfigError(f"cannot load model folder {model}: {str(exc).splitlines()[0]}") from None
 
 
-@torch.no_grad()
 def predict(module: nn.Module, data: EncodedSplit, *, device: str | torch.device = "cpu",
             progress: bool = True, desc: str = "") -> torch.Tensor:
     """Predicted class of every row of `data`, in the split's original order."""
-    preds = torch.empty(len(data), dtype=torch.long)
-    for rows, batch in tqdm(data.batches, desc=desc or f"{data.task}/{data.split}",
-                            unit="batch", disable=not progress, leave=False):
-        logits = module(**{k: v.to(device) for k, v in batch.items()}).logits
-        if logits.shape[-1] != data.num_labels:
-            raise MergekitHetError(
-                f"task '{data.task}' has {data.num_labels} labels but the model outputs {logits.shape[-1]}"
-            )
-        preds[rows] = logits.argmax(dim=-1).cpu()
-    return preds
+
+    def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = module(**batch).logits
+        if out.shape[-1] != data.num_labels:
+            raise MergekitHetError(f"task '{data.task}' has {data.num_labels} labels but the model outputs {out.shape[-1]}")
+        return out
+
+    batches = tqdm(data.batches, desc=desc or f"{data.task}/{data.split}", unit="batch", disable=not progress,
+                   leave=False)  # fmt: skip
+    return evaluate_batches(logits, ((i, to_device(b, device)) for i, b in batches), num_rows=len(data)).preds
 
 
 def score(preds: torch.Tensor, data: EncodedSplit) -> TaskScore:
+    """Accuracy and macro-F1 of `preds` against the split's labels."""
     return TaskScore(accuracy(preds, data.labels), macro_f1(preds, data.labels), len(data))
 
 
@@ -176,15 +179,6 @@ def evaluate(
     }
 
 
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
 def write_eval_results(folder: str | os.PathLike, scores: Mapping[str, TaskScore], split: str,
                        *, overwrite: bool = False) -> Path:
     """Write `<folder>/eval_results.json` = {"tasks": {task: {"accuracy", "macro_f1", "n"}}, "split"}
@@ -192,8 +186,6 @@ def write_eval_results(folder: str | os.PathLike, scores: Mapping[str, TaskScore
     path = Path(folder) / RESULTS_FILE
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; pass --overwrite to replace it")
-    tmp = path.with_name(f".{RESULTS_FILE}.tmp")
     payload = {"tasks": {t: asdict(s) for t, s in scores.items()}, "split": split}
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     return path

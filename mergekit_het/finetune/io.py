@@ -7,7 +7,7 @@ A frozen-head expert holds the ENCODER under the pretrained checkpoint's own ten
 `bert.` prefix is added or removed to match, tensors the model does not produce such as
 `embeddings.position_ids` are copied from the base), so the merge engine merges it against the
 base directly, plus `head.safetensors`. Everything is written under a hidden work folder
-`.<name>.partial` beside the output and renamed into place when complete.
+`.<name>.partial` beside the output (`runtime.files.work_dir`) and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -25,28 +25,23 @@ from ..errors import ConfigError
 from ..models.classifier import PooledClassifier
 from ..models.encoder import HEAD_FILE
 from ..runtime import files as atomic
+from ..runtime.files import work_dir  # noqa: F401 -- the runners' work folder, used as io.work_dir
 from ..runtime.names import SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from .config import FinetuneConfig
-
-HINT = "--overwrite (output.overwrite=true)"
 
 EXPERT_FILE = "expert.json"
 TASK_VECTOR_FILE = "task_vector.safetensors"
 MASK_FILE = "talos_mask.safetensors"
 
 
-def work_dir(out: Path) -> Path:
-    """Hidden sibling folder holding checkpoints and the expert being written."""
-    return out.parent / f".{out.name}.partial"
-
-
 def check_output(out: Path, overwrite: bool) -> None:
-    atomic.check_output(out, overwrite, HINT)
+    """Refuse early (before any work) to replace an existing output unless `overwrite`."""
+    atomic.check_output(out, overwrite, atomic.RUNNER_HINT)
 
 
 def publish(src: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished folder `src` to `out`, replacing an existing `out` only if allowed."""
-    atomic.publish(src, out, overwrite, HINT)
+    atomic.publish(src, out, overwrite, atomic.RUNNER_HINT)
 
 
 def _base_files(base: str | Path) -> list[Path]:
@@ -126,6 +121,7 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
 
 
 def write_json(path: Path, data: dict) -> None:
+    """`data` as indented JSON (non-JSON values such as paths written with str)."""
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
