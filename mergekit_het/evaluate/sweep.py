@@ -23,7 +23,6 @@ StateDict = Mapping[str, Tensor]
 # Grids of the reference implementations (ALGORITHMS.md §7).
 TASK_ARITHMETIC_ALPHAS = [round(0.05 * i, 2) for i in range(21)]  # np.linspace(0, 1, 21)
 TIES_LAMBDAS = [round(0.8 + 0.1 * i, 1) for i in range(18)]  # np.arange(0.8, 2.51, 0.1)
-TIES_DENSITIES = [0.1, 0.2, 0.3]
 
 
 def grid_points(grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
