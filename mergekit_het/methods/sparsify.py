@@ -1,6 +1,8 @@
 """Sparsifiers for task vectors (mergekit 0.1 `sparsify.py` semantics unless stated).
 
-All take one delta tensor and return a new tensor of the same shape; none mutates its input.
+All take one delta tensor and return a tensor of the same shape; none mutates its input. At
+density >= 1 (and `Trim.apply` at a zero threshold, `rescale_kept` when a norm is ~0) they return
+their input itself, not a copy: a caller that writes into the result owns the input too.
 """
 
 from __future__ import annotations
