@@ -20,7 +20,7 @@ from .errors import MergekitHetError, excerpt
 from .runtime.files import Terminated, terminate_as_interrupt
 
 # Each name is a module `mergekit_het.commands.<name>` with `add_parser(subparsers)` and `run(args)`.
-COMMANDS: list[str] = ["merge", "push", "eval", "finetune", "quickstart", "federated", "continual"]
+COMMANDS: list[str] = ["merge", "push", "eval", "finetune", "quickstart", "federated", "continual", "extract_lora"]
 MAX_MESSAGE = 1000  # characters of an error line
 
 
