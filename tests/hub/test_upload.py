@@ -152,7 +152,7 @@ def test_push_folder_server_drops_mid_upload_rerun_resumes_without_duplicates(hu
     hub.go_down_after(1)
     with pytest.raises(MergekitHetError) as excinfo:
         _push(hub, folder, "alice/big")
-    _one_line_error(excinfo, "alice/big", "HTTP 503", "re-run the same command to resume")
+    _one_line_error(excinfo, "alice/big", "HTTP 503", f"resume with `mergekit-het push {folder} alice/big`")
     first = hub.repos["alice/big"].refs["main"][1:]
     assert len(first) == 1 and len(first[0].changed) == per_commit
 
@@ -196,10 +196,10 @@ def test_push_folder_dry_run_lists_files_and_contacts_nothing(hub, tmp_path):
 
     lines = listing.splitlines()
     size = (expert / "model.safetensors").stat().st_size
-    assert lines[0].startswith(f"dry run: would upload 3 files") and "to alice/e (branch main)" in lines[0]
-    assert [ln.split()[0] for ln in lines[1:4]] == ["config.json", "expert.json", "model.safetensors"]
-    assert lines[3].split()[1] == f"{size:,}"
-    assert lines[4] == "  note: README.md: generated from expert.json"
+    assert lines[0].startswith(f"dry run: would upload 4 files") and "to alice/e (branch main)" in lines[0]
+    assert [ln.split()[0] for ln in lines[1:5]] == ["README.md", "config.json", "expert.json", "model.safetensors"]
+    assert lines[4].split()[1] == f"{size:,}"
+    assert lines[5] == "  note: README.md: generated from expert.json"
     assert hub.requests == [] and not (expert / "README.md").exists()
 
 
@@ -211,3 +211,82 @@ def test_push_cli_reads_hf_endpoint_and_hf_token_from_environment(hub, model_dir
     head = hub.repos["bob/merged"].refs["main"][-1]
     assert head.message == "from the CLI"
     assert capsys.readouterr().out.strip() == f"{hub.endpoint}/bob/merged/commit/{head.oid}"
+
+
+def _expert_with_task_vector(folder: Path) -> Path:
+    expert = make_model(folder)
+    (expert / "expert.json").write_text('{"task": "austen_book"}')
+    (expert / "task_vector.safetensors").write_bytes((expert / "model.safetensors").read_bytes())
+    (expert / "checkpoint-10").mkdir()
+    (expert / "checkpoint-10" / "optimizer.pt").write_bytes(b"state")
+    return expert
+
+
+@pytest.mark.parametrize("kw, arrived", [
+    ({}, ["README.md", "checkpoint-10/optimizer.pt", "config.json", "expert.json", "model.safetensors"]),
+    ({"task_vector": True}, ["README.md", "checkpoint-10/optimizer.pt", "config.json", "expert.json",
+                             "model.safetensors", "task_vector.safetensors"]),
+    ({"include": ["*.json", "task_vector.safetensors"]}, ["config.json", "expert.json", "task_vector.safetensors"]),
+    ({"exclude": ["checkpoint-*/*", "*.md"]}, ["config.json", "expert.json", "model.safetensors"]),
+    ({"include": ["*.safetensors"], "exclude": ["model.*"]}, []),
+])
+def test_push_folder_expert_patterns_and_task_vector_choose_files(hub, tmp_path, kw, arrived):
+    expert = _expert_with_task_vector(tmp_path / "expert")
+    listing = push_folder(expert, "alice/e", dry_run=True, token=None, endpoint=hub.endpoint, **kw)
+    assert [ln.split()[0] for ln in listing.splitlines()[1:] if "note:" not in ln] == arrived
+    if not arrived:
+        with pytest.raises(MergekitHetError) as excinfo:
+            _push(hub, expert, "alice/e", **kw)
+        _one_line_error(excinfo, "no file left to upload")
+        return
+    _push(hub, expert, "alice/e", **kw)
+    assert sorted(hub.repos["alice/e"].refs["main"][-1].changed) == arrived
+
+
+def test_push_folder_failed_push_changes_no_local_file_then_advice_resumes(hub, tmp_path):
+    expert = _expert_with_task_vector(tmp_path / "expert")  # no card: push would generate one
+    merged = make_model(tmp_path / "merged")
+    write_merge_card(merged, "merge_method: linear\n", {}, None, ["a/b", "c/d"], "linear")
+    (merged / "eval_results.json").write_text('{"tasks": {"pos": {"accuracy": 0.9}}}')  # the card must refresh
+    before = {f: _local_files(f) for f in (expert, merged)}
+    hub.go_down_after(0)
+    for folder in (expert, merged):
+        with pytest.raises(MergekitHetError) as excinfo:
+            _push(hub, folder, "alice/x", revision="dev", exclude=["*.pt"])
+        assert f"resume with `mergekit-het push {folder} alice/x --revision dev --exclude '*.pt'`" in str(excinfo.value)
+        assert _local_files(folder) == before[folder]
+
+    hub.recover()
+    monkey_env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": ALICE}
+    os.environ.update(monkey_env)
+    try:
+        assert main(["push", str(merged), "alice/x", "--revision", "dev", "--exclude", "*.pt"]) == 0
+    finally:
+        for key in monkey_env:
+            os.environ.pop(key)
+    card = (merged / "README.md").read_text()  # written locally only now, as uploaded
+    assert "| pos | 0.9000 |" in card
+    assert hub.repos["alice/x"].refs["dev"][-1].files["README.md"].decode() == card
+
+
+def test_merge_push_to_hub_failure_prints_push_command_that_resumes(hub, tmp_path, monkeypatch, capsys):
+    a, b = make_model(tmp_path / "a"), make_model(tmp_path / "b")
+    config = tmp_path / "linear.yml"
+    config.write_text(f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 1.0}}\n"
+                      f"  - model: {b}\n    parameters: {{weight: 1.0}}\ndtype: float32\n")
+    out = tmp_path / "merged_out"
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    hub.go_down_after(0)
+    assert main(["merge", str(config), str(out), "--quiet", "--push-to-hub", "alice/lin", "--private"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    advice = err.split("resume with `", 1)[1].split("`", 1)[0]
+    assert advice == f"mergekit-het push {out} alice/lin --private"
+    assert main(["merge", str(config), str(out), "--quiet"]) == 2  # re-running the merge would not do
+
+    hub.recover()
+    assert main(advice.split()[1:]) == 0
+    head = hub.repos["alice/lin"].refs["main"][-1]
+    assert hub.repos["alice/lin"].private is True
+    assert {k for k in head.files if k != ".gitattributes"} == set(_local_files(out))
