@@ -65,3 +65,33 @@ def test_load_classifier_label_count_mismatch_raises(tmp_path):
     with pytest.raises(ConfigError, match="5-label classification head but the task has 3 labels"):
         load_classifier(path, 3)
     assert load_classifier(path, 5).config.num_labels == 5
+
+
+def test_pooled_classifier_new_head_trains_and_head_inputs_are_the_pooled_features(tiny_bert):
+    from mergekit_het.models.classifier import head_inputs
+
+    enc, tok = load_encoder(tiny_bert), load_tokenizer(tiny_bert)
+    torch.manual_seed(0)
+    model = PooledClassifier(enc, NUM_LABELS, temperature=2.0).eval()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")] == ["head.weight", "head.bias"]
+    texts = ["w1 w2 w3", "w4"]
+    batch = {**tok(texts, padding=True, return_tensors="pt"), "labels": torch.tensor([0, 2])}
+    feats, labels = next(head_inputs(model, [batch]))
+    torch.testing.assert_close(feats, encode_texts(enc, tok, texts), rtol=1e-5, atol=1e-6)
+    assert labels.tolist() == [0, 2]
+    out = model(**batch)
+    torch.testing.assert_close(out.logits, model.head(feats) / 2.0, rtol=1e-5, atol=1e-6)
+
+
+def test_hf_classifier_head_is_the_last_linear_and_logits_are_over_temperature(tmp_path):
+    from mergekit_het.models.classifier import HFClassifier
+
+    path = make_bert(tmp_path / "cls", num_labels=NUM_LABELS)
+    net, tok = load_classifier(path, NUM_LABELS).eval(), load_tokenizer(path)
+    model = HFClassifier(net, NUM_LABELS, temperature=0.5)
+    assert model.head is net.classifier
+    batch = tok(["w1 w2", "w3"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, net(**batch).logits / 0.5)
+    with pytest.raises(ConfigError, match="no Linear layer with 7 outputs"):
+        HFClassifier(net, 7)
