@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .options import device_name, positive_int
+
 # mergekit's shared MergeOptions flags that mean nothing to this command: accepted, noted once.
 # (flag names, takes a value)
 _IGNORED: list[tuple[list[str], bool]] = [
@@ -41,7 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="fine-tuned model (folder, Hub id, or MODEL+ADAPTER)")
     p.add_argument("--base-model", "--base", dest="base_model", required=True, help="its base model")
     p.add_argument("--out-path", "--out", dest="out_path", type=Path, required=True, help="adapter folder to write")
-    p.add_argument("--max-rank", "--rank", "-r", dest="max_rank", type=int, default=128, help="largest LoRA rank (default 128)")
+    p.add_argument("--max-rank", "--rank", "-r", dest="max_rank", type=positive_int, default=128, help="largest LoRA rank (default 128)")
     p.add_argument("--sv-epsilon", type=float, default=0.0,
                    help="also drop singular values ≤ this (default 0: keep max-rank of them)")  # fmt: skip
     p.add_argument("--distribute-scale", action=argparse.BooleanOptionalAction, default=True,
@@ -54,10 +56,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-i", "--include-regex", action="append", default=[], metavar="REGEX",
                    help="only modules matching one of these; repeatable")  # fmt: skip
     p.add_argument("--skip-undecomposable", action="store_true", help="leave out norms and other non-linear modules instead of saving them whole")
-    p.add_argument("--device", default=None, help="where the SVDs run: cpu, cuda, cuda:1, auto (default cpu)")
+    p.add_argument("--device", type=device_name, default=None, help="where the SVDs run: cpu, cuda, cuda:1, auto (default cpu)")
     p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=False, help="= --device cuda")
     p.add_argument("--gpu-rich", action="store_true", help="= --device cuda (mergekit's other parts of it do not apply)")
-    p.add_argument("-j", "--num-threads", "--threads", dest="threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("-j", "--num-threads", "--threads", dest="threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=False,
                    help="allow a custom architecture's code from the model folder")  # fmt: skip
     p.add_argument("--write-model-card", action=argparse.BooleanOptionalAction, default=True, help="write README.md (default on)")

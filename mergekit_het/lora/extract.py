@@ -34,6 +34,7 @@ from ..io.lora import ADAPTER_CONFIG, adapter_base_model, is_lora_adapter
 from ..io.resolve import local_folder, open_model
 from ..io.sources import TensorSource
 from ..io.writer import ShardedWriter
+from ..runtime.device import resolve_device
 from ..runtime.files import check_output, staged_output
 from .modules import Target, TargetPlan, build_architecture, input_embedding_weight, plan_targets
 
@@ -90,29 +91,31 @@ def low_rank_factors(delta: Tensor, max_rank: int, sv_epsilon: float = 0.0,
 
 
 def check_options(opts: ExtractOptions) -> None:
-    """Every bad option in one line each, before any file is opened (the first one raised)."""
+    """Every bad option, reported together in one line, before any file is opened."""
+    problems = []
     if opts.max_rank < 1:
-        raise ConfigError(f"--max-rank must be at least 1, got {opts.max_rank}")
+        problems.append(f"--max-rank must be at least 1, got {opts.max_rank}")
     if not opts.sv_epsilon >= 0:
-        raise ConfigError(f"--sv-epsilon must be ≥ 0, got {opts.sv_epsilon}")
+        problems.append(f"--sv-epsilon must be ≥ 0, got {opts.sv_epsilon}")
+    if opts.threads is not None and opts.threads < 1:
+        problems.append(f"--num-threads must be at least 1, got {opts.threads}")
     for flag, patterns in (("--include-regex", opts.include), ("--exclude-regex", opts.exclude)):
         for p in patterns:
             try:
                 re.compile(p)
             except re.error as exc:
-                raise ConfigError(f"{flag} '{p}' is not a valid regular expression ({exc})") from None
-    device = torch.device(opts.device) if opts.device != "auto" else None
-    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {opts.device} was asked for but no CUDA device is available")
+                problems.append(f"{flag} '{p}' is not a valid regular expression ({exc})")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def extract_lora(model: str, base: str, out: Path, opts: ExtractOptions = ExtractOptions()) -> ExtractSummary:
     """Write the adapter of `model` over `base` (references as `open_model` takes them) to `out`."""
     start = time.perf_counter()
     check_options(opts)
+    device = resolve_device(opts.device, "--device")
     out = Path(out)
     check_output(out, opts.overwrite)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else torch.device(opts.device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     ft_src = open_model(model, allow_pickle=opts.allow_pickle)
@@ -147,6 +150,9 @@ def _plan(model: str, ft: TensorSource, base: TensorSource, opts: ExtractOptions
     plan.architecture = type(arch).__name__
     if not plan.targets:
         raise ConfigError(f"{model}: no module of the architecture matches a tensor of the checkpoint (or the regexes exclude all)")
+    if any(t.kind == "embedding" for t in plan.targets) and any(t.kind == "lora" and t.bias for t in plan.targets):
+        raise ConfigError("--embed-lora on a model whose linear layers have biases: peft cannot load a bias delta "
+                          "(lora_bias) in an adapter with embedding LoRA; drop --embed-lora (embeddings saved whole)")  # fmt: skip
     base_names = set(base.names())
     for t in plan.targets:
         if t.kind == "full":
@@ -194,11 +200,12 @@ def _write_adapter(folder: Path, plan: TargetPlan, ft: TensorSource, base: Tenso
         raise ConfigError("nothing to write: every module was left out (lower --sv-epsilon or widen the regexes)")
     writer = ShardedWriter(folder, entries, max_shard_size=1 << 62)  # one file, as peft expects
     try:
+        # Flat: ShardedWriter's byte view fails on a 0-d tensor (BatchNorm's num_batches_tracked)
+        # and on a size-1 last dim with a stride (a rank-1 B cut from LAPACK's column-major U).
         for name, value in factors.items():
-            writer.write(name, value)
+            writer.write(name, value.reshape(-1))
         for t in full:
             for local, src in t.tensors.items():
-                # flat: ShardedWriter cannot byte-view a 0-d tensor (BatchNorm's num_batches_tracked)
                 writer.write(f"{PREFIX}{t.module}.{local}", ft.read(src).reshape(-1))
             bar.update()
         writer.finish()
