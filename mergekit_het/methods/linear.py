@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .registry import PerModel, elementwise, merge_method
@@ -11,15 +12,18 @@ from .registry import PerModel, elementwise, merge_method
 def linear(base: None, tensors: list[Tensor], *, weight: PerModel, normalize: bool = True) -> Tensor:
     """Σᵢ wᵢθᵢ, divided by Σᵢ wᵢ if `normalize` (Σw = 0 is an error here; mergekit divides by 0).
 
-    The weights are normalized before the sum (Σᵢ (wᵢ/Σw)·θᵢ), so a single model, or
-    weights scaled by any c > 0, give exactly the same tensor; equal to mergekit's
-    (Σᵢ wᵢθᵢ)/Σw up to float rounding. FedAvg is this method with wᵢ = client example counts.
+    mergekit 0.1.5's order of operations, so float32 results equal it bit for bit: the weights
+    as a float32 tensor (float64 for float64 inputs), each model added with one fused
+    multiply-add (`addcmul`) into zeros, then one division by the float32 Σw. Weights scaled by
+    c > 0 (or a single model) give the same tensor up to one rounding of wᵢθᵢ/Σw.
+    FedAvg is this method with wᵢ = client example counts.
     """
-    total = sum(weight) if normalize else 1.0
-    if total == 0:
+    if normalize and sum(weight) == 0:
         raise ValueError("the weights sum to 0, so normalize cannot divide by them (set normalize: false)")
-    coeffs = [w / total for w in weight]
-    out = None
-    for t, c in zip(tensors, coeffs):  # one float32 copy at a time, owned: scaled in place
-        out = t.mul_(c) if out is None else out.add_(t, alpha=c)
-    return out
+    first = tensors[0]
+    w = torch.tensor(weight, dtype=first.dtype, device=first.device)
+    out = torch.zeros_like(first)
+    out.addcmul_(first, w[0])
+    for i in range(1, len(tensors)):  # one float32 copy at a time
+        out.addcmul_(tensors[i], w[i])
+    return out.div_(w.sum()) if normalize else out

@@ -1,4 +1,4 @@
-"""Model Stock (Jang et al., arXiv:2403.19522), mergekit 0.1 semantics."""
+"""Model Stock (Jang et al., arXiv:2403.19522), mergekit 0.1.5 semantics."""
 
 from __future__ import annotations
 
@@ -10,27 +10,30 @@ from .registry import merge_method
 
 @merge_method("model_stock", paper="arXiv:2403.19522", base="required", min_models=2)
 def model_stock(base: Tensor, tensors: list[Tensor], *, filter_wise: bool = False) -> Tensor:
-    """t·mean(θᵢ) + (1 − t)·θ₀ with t = N cos θ / (1 + (N − 1) cos θ).
+    """t·mean(θᵢ) + (1 − t)·θ₀ with t = N cos θ / (1 + (N − 1) cos θ) (t = 0, the base, where
+    |1 + (N − 1) cos θ| < 1e-6).
 
     cos θ is the mean over pairs i < j of the cosine between offsets θᵢ − θ₀ (each clamped to
-    [−1, 1], norms product floored at 1e-6); with `filter_wise`, per row (1-D tensors are one row).
+    [−1, 1], norms product floored at 1e-6); with `filter_wise`, per vector along the last dim
+    (rows of a matrix; a 1-D tensor is one vector).
+    mergekit 0.1.5's order of operations, so float32 results equal it bit for bit.
     """
     shape = base.shape
-    rows = (lambda x: x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)) if filter_wise else (
-        lambda x: x.reshape(1, -1)
-    )
-    offsets = [rows(t - base) for t in tensors]
-    cos_sum = torch.zeros(offsets[0].shape[0], 1, dtype=base.dtype, device=base.device)
-    pairs = 0
-    for i in range(len(offsets)):
-        for j in range(i + 1, len(offsets)):
-            a, b = offsets[i], offsets[j]
-            dot = (a * b).sum(dim=1, keepdim=True)
-            norms = (a.norm(dim=1, keepdim=True) * b.norm(dim=1, keepdim=True)).clamp_min(1e-6)
-            cos_sum += (dot / norms).clamp(-1, 1)
-            pairs += 1
-    cos = cos_sum / pairs
-    n = len(tensors)
-    t = n * cos / (1 + (n - 1) * cos)
-    mean = torch.stack([rows(x) for x in tensors]).mean(dim=0)
-    return (t * mean + (1 - t) * rows(base)).reshape(shape)
+    models = list(tensors)
+    if not filter_wise:
+        base, models = base.reshape(-1), [x.reshape(-1) for x in models]
+    elif base.dim() == 1:
+        base, models = base.unsqueeze(0), [x.unsqueeze(0) for x in models]
+    offsets = [x - base for x in models]
+    cosines = []
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1 :]:
+            norms = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
+            cosines.append(((a * b).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    n = len(models)
+    denominator = 1 + (n - 1) * cos
+    singular = denominator.abs() < 1e-6
+    t = torch.where(singular, 0.0, (n * cos) / torch.where(singular, 1.0, denominator))
+    mean = sum(models) / n
+    return (t * mean + (1 - t) * base).reshape(shape)

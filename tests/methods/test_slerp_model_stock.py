@@ -61,3 +61,19 @@ def test_model_stock_filter_wise_per_row():
     y = T([[0.0, 1.0], [1.0, 1.0]])
     out = model_stock(b, [x, y], filter_wise=True)
     torch.testing.assert_close(out, T([[0.0, 0.0], [1.0, 1.0]]))
+
+
+def test_model_stock_opposite_offsets_singular_give_base():
+    # N = 2, cos θ = −1: 1 + (N − 1) cos θ = 0, mergekit 0.1.5 keeps the base (addendum §10.8 item 7)
+    b = T([0.5, 0.5])
+    assert torch.equal(model_stock(b, [T([1.5, 0.5]), T([-0.5, 0.5])]), b)
+
+
+def test_slerp_large_tensor_chunked_norms_match_closed_form():
+    # above 2^20 entries the norms and the dot are summed over chunks (mergekit 0.1.5)
+    g = torch.Generator().manual_seed(0)
+    v0, v1 = torch.randn(1 << 21, generator=g), torch.randn(1 << 21, generator=g)
+    cos = float((v0.double() / v0.double().norm()) @ (v1.double() / v1.double().norm()))
+    omega = math.acos(cos)
+    expected = (math.sin(0.7 * omega) * v0.double() + math.sin(0.3 * omega) * v1.double()) / math.sin(omega)
+    torch.testing.assert_close(slerp(v0, v1, 0.3).double(), expected, atol=1e-5, rtol=1e-5)
