@@ -1,7 +1,8 @@
 """`mergekit-het finetune CONFIG [key.sub=value ...]`: fine-tune one expert (see docs/finetune.md).
 
 Multi-process: `accelerate launch [--cpu] --num_processes N -m mergekit_het.cli finetune CONFIG`
-or the recipe `accelerate launch finetune/finetune.py CONFIG`; both run `mergekit_het.finetune`.
+or `accelerate launch finetune/finetune.py CONFIG`; both run the recipe of
+`mergekit_het/finetune/recipe.py`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Evaluate a model folder on tasks: load it with one head per task, predict in batches, score.
 
 A model is an encoder (the weights that get merged) plus, for every task, a head:
-- frozen-head protocol (`models.classifier.PooledClassifier` with a frozen head): the head is `head.safetensors` of
-  the folder, or of the task's expert folder (`heads={task: folder}`); all tasks share the
+- frozen-head protocol (`models.classifier.PooledClassifier`, head frozen): the head is
+  `head.safetensors` of the folder, or of the task's expert folder (`heads={task: folder}`); all tasks share the
   model's encoder module;
 - plain `AutoModelForSequenceClassification` folders: the folder's own head, or the task
   expert's whole classifier with the model's encoder weights loaded into its backbone
