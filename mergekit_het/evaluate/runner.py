@@ -2,8 +2,8 @@
 
 A model is an encoder (the weights that get merged) plus, for every task, a head:
 - frozen-head protocol (`models.classifier.PooledClassifier`, head frozen): the head is
-  `head.safetensors` of the folder, or of the task's expert folder (`heads={task: folder}`); all tasks share the
-  model's encoder module;
+  `head.safetensors` of the folder, or of the task's expert folder (`heads={task: folder}`);
+  all tasks share the model's encoder module;
 - plain `AutoModelForSequenceClassification` folders: the folder's own head, or the task
   expert's whole classifier with the model's encoder weights loaded into its backbone
   (the "heads trained jointly with each expert" protocol).
