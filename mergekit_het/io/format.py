@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import TensorError, excerpt
+from ..errors import MergekitHetError, TensorError, excerpt
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -155,28 +155,29 @@ def _kind(value: Any) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
 
 
-def load_json(blob: bytes, where: str, what: str) -> Any:
-    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, no absurd nesting or numbers."""
+def load_json(blob: bytes, where: str, what: str, error: type[MergekitHetError] = TensorError) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, no absurd nesting or numbers;
+    every failure an `error` naming `where`."""
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out = dict(items)
         if len(out) != len(items):
             seen: set[str] = set()
             dup = next(k for k, _ in items if k in seen or seen.add(k))
-            raise TensorError(f"{where}: {what} names {excerpt(dup, 80)} twice")
+            raise error(f"{where}: {what} names {excerpt(dup, 80)} twice")
         return out
 
     def constant(name: str) -> None:
-        raise TensorError(f"{where}: {what} holds {name}, which is not JSON")
+        raise error(f"{where}: {what} holds {name}, which is not JSON")
 
     try:
         return json.loads(blob.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
     except UnicodeDecodeError as exc:
-        raise TensorError(f"{where}: {what} is not UTF-8 text (byte {exc.start})") from None
+        raise error(f"{where}: {what} is not UTF-8 text (byte {exc.start})") from None
     except RecursionError:
-        raise TensorError(f"{where}: {what} is nested too deeply") from None
+        raise error(f"{where}: {what} is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or an integer of thousands of digits
-        raise TensorError(f"{where}: corrupt {what} (not valid JSON: {str(exc).splitlines()[0][:80]})") from None
+        raise error(f"{where}: corrupt {what} (not valid JSON: {str(exc).splitlines()[0][:80]})") from None
 
 
 def read_index(path: Path) -> dict[str, str]:

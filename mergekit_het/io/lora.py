@@ -7,7 +7,6 @@ B·A. Tensors saved through `modules_to_save` replace the base's. DoRA is refuse
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -15,8 +14,9 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, excerpt
 from .format import read_header, read_tensor
+from .paths import locate, member, read_member_json
 from .sources import DerivedSource, TensorSource
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -30,14 +30,27 @@ def is_lora_adapter(path: Path) -> bool:
 
 def read_adapter_config(adapter: Path) -> dict:
     """The adapter's config, refusing what cannot be materialized as B·A (checked before the base is opened)."""
-    cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    cfg = read_member_json(adapter, ADAPTER_CONFIG) or {}
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ConfigError(f"{adapter}: peft_type {cfg.get('peft_type')} is not LoRA")
     if cfg.get("use_dora"):
         raise ConfigError(f"{adapter}: DoRA adapters are not supported (magnitude vectors cannot be merged as B·A)")
-    if not (adapter / "adapter_model.safetensors").is_file():
-        raise ConfigError(f"{adapter}: no adapter_model.safetensors")
+    if locate(adapter, "adapter_model.safetensors")[0] != "file":
+        raise ConfigError(f"{adapter}: no adapter_model.safetensors (a regular file inside the folder)")
+    _check_adapter_config(cfg, adapter / ADAPTER_CONFIG)
     return cfg
+
+
+def _check_adapter_config(cfg: dict, where: Path) -> None:
+    """The keys materialization reads, of the right types (a one-line error naming the key)."""
+    number = (int, float)
+    checks = {"r": type(cfg.get("r")) is int and cfg["r"] > 0, "lora_alpha": isinstance(cfg.get("lora_alpha", 1), number),
+              "base_model_name_or_path": isinstance(cfg.get("base_model_name_or_path") or "", str),
+              **{k: isinstance(cfg.get(k) or {}, dict) and all(isinstance(v, number) and v > 0 for v in (cfg.get(k) or {}).values())
+                 for k in ("rank_pattern", "alpha_pattern")}}  # fmt: skip
+    bad = next((k for k, ok in checks.items() if not ok), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: {bad} has an invalid value ({excerpt(cfg.get(bad))})")
 
 
 def adapter_base_model(path: Path) -> str | None:
@@ -54,7 +67,7 @@ def _pattern_value(patterns: dict[str, float], module: str, default: float) -> f
 def lora_source(adapter: Path, base: TensorSource) -> DerivedSource:
     """The model `base` + adapter, reading adapter tensors (small) once up front."""
     cfg = read_adapter_config(adapter)
-    weights = adapter / "adapter_model.safetensors"
+    weights = member(adapter, "adapter_model.safetensors", "adapter weights")
     metas, _ = read_header(weights)
     fd = os.open(weights, os.O_RDONLY)
     try:
@@ -73,17 +86,26 @@ def lora_source(adapter: Path, base: TensorSource) -> DerivedSource:
             pairs.setdefault(m["module"], {})[m["kind"]] = t
         else:
             replaced[resolve(key)] = t
+            if tuple(t.shape) != base.meta(resolve(key))[0]:
+                raise ConfigError(f"{adapter}: saved module tensor {key} has shape {tuple(t.shape)}, the base's is {base.meta(resolve(key))[0]}")
     deltas: dict[str, tuple[Tensor, Tensor, float, bool]] = {}
     r_default, alpha_default = cfg["r"], cfg.get("lora_alpha", cfg["r"])
     for module, ab in pairs.items():
         r = _pattern_value(cfg.get("rank_pattern") or {}, module, r_default)
         alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, alpha_default)
         scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        if set(ab) not in ({"lora_A", "lora_B"}, {"lora_embedding_A", "lora_embedding_B"}):
+            raise ConfigError(f"{adapter}: module {module} has {sorted(ab)}, not one A/B pair")
         if "lora_A" in ab:
             a, b, transpose = ab["lora_A"], ab["lora_B"], bool(cfg.get("fan_in_fan_out"))
         else:
             a, b, transpose = ab["lora_embedding_A"], ab["lora_embedding_B"], True
-        deltas[resolve(f"{module}.weight")] = (a.float(), b.float(), scale, transpose)
+        target = resolve(f"{module}.weight")
+        want = base.meta(target)[0]
+        got = (b.shape[0], a.shape[-1]) if a.dim() == 2 and b.dim() == 2 and a.shape[0] == b.shape[1] else None
+        if got is None or (got[::-1] if transpose else got) != tuple(want):
+            raise ConfigError(f"{adapter}: {module}: A {tuple(a.shape)} and B {tuple(b.shape)} do not make a delta of the base's shape {tuple(want)}")
+        deltas[target] = (a.float(), b.float(), scale, transpose)
 
     def transform(name: str, w: Tensor) -> Tensor | None:
         if name in replaced:

@@ -125,3 +125,26 @@ def weight_files(path: Path, index_name: str, single_name: str) -> list[Path]:
     if where != "missing":
         raise ConfigError(f"{path}: {index_name} is {'outside the model folder' if where == 'outside' else 'not a regular file'}")
     return [member(path, single_name, "weight file")] if locate(path, single_name)[0] != "missing" else []
+
+
+MAX_JSON_BYTES = 16 * 2**20  # config.json, adapter_config.json, tokenizer_config.json: a few KB
+
+
+def read_member_json(folder: Path, name: str) -> dict | None:
+    """The JSON object in file `name` of `folder` (None if absent); a one-line `ConfigError` if it
+    is outside the folder, too large, not JSON or not an object."""
+    from .format import load_json
+
+    where, path = locate(folder, name)
+    if where == "missing":
+        return None
+    path = member(folder, name, "file")
+    with open(path, "rb") as f:
+        blob = f.read(MAX_JSON_BYTES + 1)
+    shown = folder / name
+    if len(blob) > MAX_JSON_BYTES:
+        raise ConfigError(f"{shown}: larger than {MAX_JSON_BYTES} bytes")
+    value = load_json(blob, str(shown), "JSON file", ConfigError)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{shown}: expected a JSON object, got {type(value).__name__}")
+    return value

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .lora import adapter_base_model, is_lora_adapter, lora_source
+from .paths import member
 from ..runtime.names import SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from .sources import DerivedSource, PickleModel, SafetensorsModel, TensorSource, has_model_weights
 
@@ -59,7 +60,7 @@ def open_model(ref: str, *, base: str | None = None, allow_pickle: bool = False)
     if path.is_dir() and (path / TASK_VECTOR_FILE).is_file() and not has_model_weights(path):
         if not base:
             raise ConfigError(f"{path}: holds only a task vector; the merge needs base_model to add it to")
-        return _task_vector_source(path / TASK_VECTOR_FILE, open_model(base, allow_pickle=allow_pickle))
+        return _task_vector_source(member(path, TASK_VECTOR_FILE, "task vector"), open_model(base, allow_pickle=allow_pickle))
     if path.is_file() or (path / SAFETENSORS_SINGLE_FILE).is_file() or (path / SAFETENSORS_INDEX_FILE).is_file():
         return SafetensorsModel(path)
     if has_model_weights(path):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..io.lora import adapter_base_model, is_lora_adapter
+from ..io.paths import optional_member, read_member_json
 from ..io.resolve import local_folder
 
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -37,12 +39,11 @@ def model_dir(ref: str) -> Path | None:
 def num_layers_of(ref: str) -> int | None:
     """Number of transformer layers from config.json (for gradient parameters), if known."""
     folder = model_dir(ref)
-    cfg_path = folder / "config.json" if folder else None
-    if cfg_path is None or not cfg_path.is_file():
+    cfg = read_member_json(folder, "config.json") if folder else None
+    if cfg is None:
         return None
-    cfg = json.loads(cfg_path.read_text())
-    cfg = cfg.get("text_config", cfg)
-    return next((int(cfg[k]) for k in _LAYER_KEYS if k in cfg), None)
+    cfg = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
+    return next((cfg[k] for k in _LAYER_KEYS if type(cfg.get(k)) is int and cfg[k] > 0), None)
 
 
 def copy_side_files(ref: str, dest: Path, out_dtypes: dict[str, torch.dtype], copy_tokenizer: bool = True) -> list[str]:
@@ -54,15 +55,18 @@ def copy_side_files(ref: str, dest: Path, out_dtypes: dict[str, torch.dtype], co
     names = CONFIG_FILES + ((TOKENIZER_FILES + ST_FILES) if copy_tokenizer else ())
     copied = []
     for name in names:
-        if (src / name).is_file():
+        found = optional_member(src, name)  # a regular file inside the folder; links out are skipped
+        if found is not None:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / name, dest / name)
+            shutil.copyfile(found, dest / name)
             copied.append(name)
+    if "config.json" not in copied:
+        warnings.warn(f"{src}: no config.json to copy; the output will not load with transformers", stacklevel=2)
     cfg_path = dest / "config.json"
     floats = [d for d in out_dtypes.values() if d.is_floating_point]
     if cfg_path.is_file() and floats:
         dtype = max(set(floats), key=floats.count)
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_member_json(dest, "config.json")
         dtype_name = str(dtype).removeprefix("torch.")
         cfg["torch_dtype"] = dtype_name
         if "dtype" in cfg:

@@ -121,6 +121,7 @@ def test_merge_state_dicts_dare_seeded_reproducible_and_order_free():
 def test_merge_overwrite_replaces_existing_output(tmp_path, tiny_models):
     cfg = load_merge_config(ties_cfg(tmp_path, tiny_models))
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text("{}")  # a model folder: overwrite may replace it
     (tmp_path / "out" / "old.txt").write_text("old")
     run_merge(cfg, tmp_path / "out", MergeOptions(progress=False, overwrite=True))
     assert not (tmp_path / "out" / "old.txt").exists() and (tmp_path / "out" / "model.safetensors").is_file()
