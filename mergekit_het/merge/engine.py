@@ -288,6 +288,8 @@ def run_merge(
                               num_layers=num_layers_of(layers_from))  # fmt: skip
     with _opened(cfg, base_ref, options.allow_pickle) as (base, models):
         plan = plan_merge(cfg.method, base, models, binding, options, device, cfg.torch_dtype("dtype"), cfg.torch_dtype("out_dtype"))
+        if not plan.tensors:
+            raise TensorError(f"{layers_from}: no tensors to merge (the checkpoint or its index is empty)")
         if out is None:
             sink = _StateSink(plan)
             summary = execute(plan, sink.write, options, device)
