@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
+from ..io.paths import weight_files
 from ..models.classifier import PooledClassifier
 from ..models.encoder import HEAD_FILE
 from ..runtime import files as atomic
@@ -45,12 +46,8 @@ def publish(src: Path, out: Path, overwrite: bool) -> None:
 
 
 def _base_files(base: str | Path) -> list[Path]:
-    base = Path(base)
-    index = base / SAFETENSORS_INDEX_FILE
-    if index.is_file():
-        return sorted({base / f for f in json.loads(index.read_text())["weight_map"].values()})
-    single = base / SAFETENSORS_SINGLE_FILE
-    return [single] if single.is_file() else []
+    """The safetensors shards of a local base folder (none for a Hub id or a pickle checkpoint)."""
+    return weight_files(Path(base), SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE)
 
 
 def base_tensors(base: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
