@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
-from .registry import merge_method
+from .registry import Bounds, merge_method
+
+Position = Annotated[float, Bounds(warn_low=0, warn_high=1, warn_why="t outside [0, 1] extrapolates beyond the two models")]
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -20,7 +24,7 @@ def _chunked_norm(v: Tensor) -> Tensor:
 
 
 @merge_method("slerp", paper="https://en.wikipedia.org/wiki/Slerp", base="required", max_models=1)
-def slerp(base: Tensor, tensors: list[Tensor], *, t: float) -> Tensor:
+def slerp(base: Tensor, tensors: list[Tensor], *, t: Position) -> Tensor:
     """Interpolate from the base (t=0) to the other model (t=1) along the great circle.
 
     With v̂ = v/‖v‖ (flattened whole tensor; a norm ≤ 1e-8 counts as 1) and

@@ -136,3 +136,22 @@ def test_merge_other_methods_run_on_files(tmp_path, tiny_models, method, params)
     cfg = load_merge_config(write_cfg(tmp_path, models, method=method, base=tiny_models["base"], parameters=params))
     summary = run_merge(cfg, tmp_path / "out", MergeOptions(progress=False))
     assert summary.tensors == len(load_all(tmp_path / "out"))
+
+
+def test_run_merge_writes_card_titled_with_output_name(tmp_path, tiny_models):
+    """Every caller of run_merge (CLI, quickstart, library) gets the card; its title was the
+    staging folder's name (`# .out.tmp-2e731sa7`), which the Hub would show."""
+    cfg = load_merge_config(ties_cfg(tmp_path, tiny_models))
+    run_merge(cfg, tmp_path / "my-merge", MergeOptions(progress=False))
+    card = (tmp_path / "my-merge" / "README.md").read_text()
+    assert "\n# my-merge\n" in card and ".tmp-" not in card
+    assert "Method: `ties`." in card and "lambda=1.3" in card
+
+
+def test_run_merge_card_bounds_a_huge_config_comment(tmp_path, tiny_models):
+    text = ties_cfg(tmp_path, tiny_models).read_text() + "# " + "x" * 2_000_000 + "\n"
+    cfg = load_merge_config(yaml.safe_load(text))
+    run_merge(cfg, tmp_path / "out", MergeOptions(progress=False), config_text=text)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert len(card) < 20_000 and "xxxxxxxxxx" not in card and "merge_method: ties" in card
+    assert (tmp_path / "out" / "mergekit_config.yml").read_text() == text  # the config itself is kept whole

@@ -61,6 +61,31 @@ def test_reader_pickle_refused_without_opt_in(tmp_path):
     assert torch.equal(src.read("w"), torch.arange(4.0))
 
 
+def test_reader_pickle_chunk_copies_only_the_chunk(tmp_path):
+    """A chunked read of a pickle checkpoint copied the whole tensor out of the map for every
+    chunk (32 chunks of an 8 MiB tensor: 32 full copies); now each copy holds the chunk alone."""
+    (tmp_path / "p").mkdir()
+    w = torch.randn(64, 1000, generator=torch.Generator().manual_seed(0))
+    torch.save({"w": w}, tmp_path / "p" / "pytorch_model.bin")
+    src = open_model(str(tmp_path / "p"), allow_pickle=True)
+    copied: list[int] = []
+    clone = torch.Tensor.clone
+
+    def spy(t, *args, **kwargs):
+        copied.append(t.numel())
+        return clone(t, *args, **kwargs)
+
+    torch.Tensor.clone = spy
+    try:
+        chunks = [src.read_range("w", s, min(s + 5000, w.numel())) for s in range(0, w.numel(), 5000)]
+    finally:
+        torch.Tensor.clone = clone
+    assert copied == [5000] * 12 + [4000]
+    assert all(c.untyped_storage().nbytes() == c.numel() * 4 for c in chunks)
+    assert torch.equal(torch.cat(chunks), w.reshape(-1))
+    src.close()
+
+
 def test_reader_missing_path_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         open_model(str(tmp_path / "nope"))
