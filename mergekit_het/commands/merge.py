@@ -1,17 +1,13 @@
-"""`mergekit-het merge CONFIG OUT`: merge models as a mergekit YAML file describes."""
+"""`mergekit-het merge CONFIG OUT`: merge models as a mergekit YAML file describes (the model card
+and side files are written by `run_merge`, as for every caller)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import threading
 from pathlib import Path
-
-import yaml
 
 from ..merge.config import load_merge_config
 from ..merge.engine import MergeOptions, run_merge
-from ..merge.memory import reuse_freed_memory
 from .options import byte_size, device_name, non_negative_int, positive_int
 from .push import add_hub_options, hub_options
 
@@ -48,18 +44,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite="any" if args.overwrite_any else args.overwrite, allow_pickle=args.allow_pickle, nan_policy=args.nan_policy, seed=args.seed,
         copy_tokenizer=not args.no_copy_tokenizer, progress=not args.quiet,
     )  # fmt: skip
-    text = args.config.read_text()
-    # The model card's huggingface_hub stack (0.3 s of imports) loads while the merge runs.
-    reuse_freed_memory()  # before any thread allocates (one malloc arena)
-    threading.Thread(target=importlib.import_module, args=("mergekit_het.hub.card",), daemon=True).start()
-
-    def write_card(folder: Path) -> None:
-        from ..hub.card import write_merge_card  # huggingface_hub is imported only here
-
-        models = [m.model for m in cfg.models]
-        write_merge_card(folder, text, yaml.safe_load(text), cfg.base_model, models, cfg.merge_method)
-
-    summary = run_merge(cfg, args.out, options, config_text=text, finalize=write_card)
+    summary = run_merge(cfg, args.out, options, config_text=args.config.read_text())
     print(summary)
     if args.push_to_hub:
         from ..hub.upload import push_folder  # the upload stack is imported only when used
