@@ -1,6 +1,6 @@
 """Plot and tabulate the accuracy curves of finished federated runs.
 
-    python finetune/federated/compare.py runs/fed/fedavg runs/fed/fedprox runs/fed/ghbm \
+    python federated/compare.py runs/fed/fedavg runs/fed/fedprox runs/fed/ghbm \
         runs/fed/fed3r_fedavg --out runs/fed/compare.png
 
 Each argument is a `mergekit-het federated` output folder (its history.json; for a run still in

@@ -1,8 +1,8 @@
 """Run several federated variants side by side (one process each, e.g. all on one GPU), choose
 each variant's client lr on validation, and write the comparison (table, JSON, PNG).
 
-    python finetune/federated/sweep.py finetune/federated/minilm_austen_full.yaml \
-        --variants finetune/federated/methods.yaml --grid client.lr=0.01,0.05 \
+    python federated/sweep.py federated/configs/minilm_austen_full.yaml \
+        --variants federated/configs/methods.yaml --grid client.lr=0.01,0.05 \
         --out runs/fed/sweep --deadline 600 model=/path/to/all-MiniLM-L6-v2
 
 Every (variant, grid value) pair is one `run_federated` process whose per-round history goes to

@@ -4,7 +4,7 @@ sequential fine-tuning + EWC and SCROLL's schedule-invariant online ridge as ref
 
 ```python
 from mergekit_het.continual import load_continual_config, run_continual
-result = run_continual(load_continual_config("finetune/continual/minilm_austen_classes.yaml"))
+result = run_continual(load_continual_config("continual/configs/minilm_austen_classes.yaml"))
 result.matrix, result.summary   # R[i][j]; average_accuracy, forgetting, backward_transfer
 ```
 """

@@ -30,13 +30,14 @@ from tqdm.auto import tqdm
 
 from ..evaluate.metrics import accuracy
 from ..evaluate.plots import plot_accuracy_matrix
-from ..finetune.io import check_output, publish, work_dir
+from ..runtime.files import RUNNER_HINT, check_output, publish, work_dir
 from ..models.classifier import PooledClassifier, head_inputs, load_trainable, trainable_state
 from ..models.encoder import load_encoder, load_tokenizer, resolve_model
 from ..models.ridge import fit_ridge
 from ..runtime.aggregation import merge_models
 from ..runtime.batching import eval_batches
-from ..runtime.local_training import evaluate_rows, local_batch_indices, local_sgd
+from ..runtime.evaluation import evaluate_classifier
+from ..runtime.local_training import local_batch_indices, local_sgd
 from .config import ContinualConfig
 from .ewc import EWCPenalty, fisher_diagonal
 from .metrics import summarize
@@ -76,7 +77,7 @@ def _frozen_head(cfg: ContinualConfig, feats: torch.Tensor, exp: Experience) -> 
 def run_continual(cfg: ContinualConfig, progress: bool = True) -> ContinualResult:
     """Run the configured stream; publishes `cfg.output.dir` (matrix.json, plot, config)."""
     out = Path(cfg.output.dir)
-    check_output(out, cfg.output.overwrite)
+    check_output(out, cfg.output.overwrite, RUNNER_HINT)
     resolve_model(cfg.model)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -133,7 +134,7 @@ def _run_training(cfg, model, tok, exps, feats, progress) -> ContinualResult:
         row = []
         for j in range(t + 1):
             model.head = heads[j]
-            row.append(evaluate_rows(model, exps[j].eval, tok, cfg.eval_batch_size)["accuracy"])
+            row.append(evaluate_classifier(model, exps[j].eval, tok, cfg.eval_batch_size).accuracy)
         matrix.append(row + [None] * (len(exps) - t - 1))
     return ContinualResult([e.name for e in exps], matrix, summarize(matrix), state=running)
 
@@ -154,4 +155,4 @@ def _write_output(cfg: ContinualConfig, result: ContinualResult) -> None:
     (stage / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
     plot_accuracy_matrix([[v if v is not None else 0.0 for v in r] for r in result.matrix], result.experiences,
                          stage / "accuracy_matrix.png", title=f"Continual ({cfg.strategy}): accuracy after each step")  # fmt: skip
-    publish(stage, out, cfg.output.overwrite)
+    publish(stage, out, cfg.output.overwrite, RUNNER_HINT)

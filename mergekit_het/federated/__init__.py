@@ -4,9 +4,9 @@ steps on the pseudo-gradient. FedAvg, FedAvgM, FedProx, GHBM and Fed3R(+FT); res
 
 ```python
 from mergekit_het.federated import load_federated_config, run_federated
-history = run_federated(load_federated_config("finetune/federated/austen_fedavg.yaml"))
+history = run_federated(load_federated_config("federated/configs/minilm_austen.yaml"))
 ```
-The Flower integration lives in `mergekit_het.federated.flower` (needs `pip install flwr`).
+The Flower integration lives in `mergekit_het.federated.flower` (needs `pip install "mergekit-het[flower]"`).
 """
 
 from .config import FederatedConfig, load_federated_config

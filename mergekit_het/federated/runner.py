@@ -36,12 +36,12 @@ from ..errors import ConfigError
 from ..evaluate.plots import plot_curves
 from ..runtime.batching import tokenize
 from ..runtime.device import resolve_device
-from ..finetune.io import check_output, publish, work_dir
+from ..runtime.files import RUNNER_HINT, check_output, publish, work_dir
 from ..models.encoder import HEAD_FILE, load_tokenizer, resolve_model
 from ..models.ridge import RidgeStatistics
 from ..data.tasks import load_split, load_task_file, num_labels_of
 from ..models.classifier import build_classifier, load_trainable, trainable_state
-from ..runtime.local_training import evaluate_rows
+from ..runtime.evaluation import evaluate_classifier
 from ..runtime.resume import check_resume
 from .config import RESUME_FREE_KEYS, FederatedConfig
 from .fed3r import client_statistics
@@ -94,11 +94,16 @@ def load_data(cfg: FederatedConfig) -> FederatedData:
                          eval_rows(cfg.data.eval_split), parts, extra)  # fmt: skip
 
 
+def _scores(model: torch.nn.Module, rows: list[dict], tokenizer, batch_size: int) -> dict[str, float]:
+    totals = evaluate_classifier(model, rows, tokenizer, batch_size)
+    return {"accuracy": totals.accuracy, "loss": totals.mean_loss}
+
+
 def evaluate_all(model: torch.nn.Module, data: FederatedData, cfg: FederatedConfig) -> dict[str, float]:
     """The eval split's accuracy/loss, plus `<split>_accuracy`/`<split>_loss` of the extra splits."""
-    out = evaluate_rows(model, data.eval, data.tokenizer, cfg.eval_batch_size)
+    out = _scores(model, data.eval, data.tokenizer, cfg.eval_batch_size)
     for split, rows in data.extra_eval.items():
-        res = evaluate_rows(model, rows, data.tokenizer, cfg.eval_batch_size)
+        res = _scores(model, rows, data.tokenizer, cfg.eval_batch_size)
         out.update({f"{split}_{k}": v for k, v in res.items()})
     return out
 
@@ -114,7 +119,7 @@ def _start(cfg: FederatedConfig, work: Path) -> RoundState | None:
     """The saved state to resume from (None: a fresh start; the output must then be free)."""
     st = load_state(work) if cfg.resume else None
     if st is None:
-        check_output(Path(cfg.output.dir), cfg.output.overwrite)
+        check_output(Path(cfg.output.dir), cfg.output.overwrite, RUNNER_HINT)
         shutil.rmtree(work, ignore_errors=True)
         return None
     if cfg.rounds < st.round:
@@ -201,7 +206,7 @@ def _write_output(cfg: FederatedConfig, model, data: FederatedData, history: lis
                 title=f"Federated {data.task}: global test accuracy")  # fmt: skip
     if cfg.output.save_model:
         save_model(model, stage / "model", data.tokenizer)
-    publish(stage, Path(cfg.output.dir), cfg.output.overwrite)
+    publish(stage, Path(cfg.output.dir), cfg.output.overwrite, RUNNER_HINT)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -19,22 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-try:  # TEMPORARY until runtime.files has them (helper S)
-    from ..runtime.files import fsync_dir, fsync_tree
-except ImportError:
-    def fsync_dir(folder: Path) -> None:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def fsync_tree(folder: Path) -> None:
-        for f in Path(folder).rglob("*"):
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        fsync_dir(folder)
+from ..runtime.files import fsync_dir, fsync_tree
 
 State = dict[str, torch.Tensor]
 SEP = "::"  # separates a group name from a tensor name in the flat file

@@ -1,7 +1,6 @@
-"""A classifier trained and scored on tokenized rows: the one local-SGD loop (a federated
-client's round, a continual learner's step) and its evaluation.
+"""The one local-SGD loop: a federated client's round and a continual learner's step.
 
-`local_sgd`: plain SGD (torch.optim.SGD, optional weight decay) on the mean cross-entropy of
+Plain SGD (torch.optim.SGD, optional weight decay) on the mean cross-entropy of
 each batch's logits (`models.classifier`: logits = head(features) / T, the model's temperature). After every backward pass, parameters without a gradient get a zero one (so weight
 decay and the corrections apply to every trainable parameter alike), then each correction
 adds its term to `.grad` in place, in the order given:
@@ -12,8 +11,7 @@ adds its term to `.grad` in place, in the order given:
 - any callable `fix(params)` (e.g. the EWC penalty of `continual.ewc`).
 
 Batch order and dropout are seeded by `seed`, so a step is reproducible (and a resumed run
-equals an uninterrupted one). `evaluate_rows`: accuracy and mean cross-entropy over the rows
-(`runtime.evaluation`, batches of similar length).
+equals an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -24,8 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .batching import collate, encoder_inputs, eval_batches, length_order
-from .evaluation import eval_mode, evaluate_batches
+from .batching import collate, encoder_inputs
 
 Params = Mapping[str, nn.Parameter]
 Correction = Callable[[Params], None]
@@ -115,12 +112,3 @@ def local_sgd(
     state = {n: p.detach().cpu().clone() for n, p in params.items()}
     return LocalResult(state, len(batches), total / max(len(batches), 1))
 
-
-def evaluate_rows(model: nn.Module, rows: Sequence[dict], tokenizer, batch_size: int) -> dict[str, float]:
-    """{"accuracy", "loss"}: accuracy and mean cross-entropy of the model's logits over the
-    rows, in eval mode on the model's device."""
-    device = next(model.parameters()).device
-    with eval_mode(model):
-        totals = evaluate_batches(lambda b: model(**b).logits,
-                                  eval_batches(rows, tokenizer, batch_size, order=length_order(rows), device=device))  # fmt: skip
-    return {"accuracy": totals.accuracy, "loss": totals.mean_loss}

@@ -143,13 +143,13 @@ def _flwr_run(tmp_path, cfg: dict, port: str) -> subprocess.CompletedProcess:
     (tmp_path / "fed.yaml").write_text(yaml.safe_dump(cfg))
     home = tmp_path / "flwr"
     home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
-                                      f"options.num-supernodes = {cfg['partition']['num_clients']}\n")  # fmt: skip
+    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
            "FLWR_LOCAL_CONTROL_API_PORT": str(int(port) + 2)}  # fmt: skip
     try:
-        return subprocess.run(["flwr", "run", str(APP), "local", "--stream", "--run-config",
-                               f'config="{tmp_path / "fed.yaml"}"'], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        return subprocess.run(["flwr", "run", str(APP), "local", "--stream", "--run-config", f'config="{tmp_path / "fed.yaml"}"',
+                               "--federation-config", f"num-supernodes={cfg['partition']['num_clients']}"],
+                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     finally:
         _kill_superlink(port)
 

@@ -123,7 +123,40 @@ def test_existing_output_without_overwrite_raises(fed_config, tmp_path):
     ({"aggregate.method": "tie"}, "did you mean 'ties'"),
     ({"aggregate.parameters": {"densty": 0.5}, "aggregate.method": "ties"}, "is not a parameter of ties"),
     ({"clients_per_round": 9}, "exceeds partition.num_clients"),
+    ({"aggregate.method": "ties", "aggregate.model_parameters": {"lambda": 1.0}}, "'lambda' is a global parameter"),
+    ({"aggregate.method": "ties", "aggregate.model_parameters": {"density": -0.5}}, "density: -0.5 is out of range"),
+    ({"aggregate.model_parameters": {"weight": 2.0}}, "weight is set per model from aggregate.weighting"),
 ])  # fmt: skip
 def test_config_bad_values_raise_one_line(fed_config, over, msg):
     with pytest.raises(ConfigError, match=msg):
         load_federated_config(fed_config(**over))
+
+
+def test_resume_with_changed_result_keys_is_refused_naming_them(fed_config, tmp_path):
+    """A killed run resumed with another seed and client lr is refused (keys and values named);
+    rounds may grow; allow_config_change resumes anyway."""
+    def kill(rnd, _entry):
+        if rnd == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_federated(load_federated_config(fed_config()), on_round=kill, progress=False)
+    changed = fed_config(seed=3, rounds=3, **{"client.lr": 0.2})
+    with pytest.raises(ConfigError, match=r"client\.lr: 0\.1 -> 0\.2, seed: 0 -> 3\).*--allow-config-change") as err:
+        run_federated(load_federated_config(changed), progress=False)
+    assert "rounds" not in str(err.value)
+    done = run_federated(load_federated_config({**changed, "allow_config_change": True}), progress=False)
+    assert [h["round"] for h in done.history] == [0, 1, 2, 3]
+
+
+def test_nan_in_aggregation_names_the_round_and_no_merge_cli_option(fed_config):
+    from mergekit_het.errors import TensorError
+    from mergekit_het.federated.strategy import ClientUpdate, build_strategy
+
+    strategy = build_strategy(load_federated_config(fed_config()))
+    x = {"w": torch.zeros(3)}
+    updates = [ClientUpdate(2, 5, {"w": torch.tensor([1.0, float("nan"), 0.0])}, 1, 0.0),
+               ClientUpdate(3, 5, {"w": torch.ones(3)}, 1, 0.0)]  # fmt: skip
+    with pytest.raises(TensorError, match=r"round 4: aggregating clients \[2, 3\] failed: w: .*lower client\.lr") as err:
+        strategy.aggregate(x, updates, rnd=3)
+    assert "--nan-policy" not in str(err.value)
