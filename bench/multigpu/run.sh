@@ -27,7 +27,7 @@ ft() {  # mode, n processes
 }
 stages="${STAGES:-dense talos fed}"  # e.g. STAGES=dense GB=1024 STEPS=60: a larger per-GPU batch
 for m in dense talos; do [[ " $stages " == *" $m "* ]] && { ft $m 1; ft $m 2; }; done
-[[ " $stages " == *" fed "* ]] && timeout "${STAGE_LIMIT:-150}" python3 bench/multigpu/fed_round_time.py finetune/federated/minilm_austen_full.yaml \
+[[ " $stages " == *" fed "* ]] && timeout "${STAGE_LIMIT:-150}" python3 bench/multigpu/fed_round_time.py federated/configs/minilm_austen_full.yaml \
     "$work/fed_round_time.json" model=/tmp/base rounds=4 eval_every=4 clients_per_round=4 client.local_steps=100 \
     client.batch_size=64 client.lr=0.01 threads=4 > "$work/fed.log" 2>&1; echo "federated: exit $?"; tail -25 "$work/fed.log"
 python3 bench/multigpu/summarize.py "$work" "$out"
