@@ -10,11 +10,14 @@ counted over the tensor ("TL": tensor-local statistics).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
-from .registry import elementwise, merge_method
+from .registry import Bounds, elementwise, merge_method
+
+Threshold = Annotated[float, Bounds(warn_low=0, warn_why="a negative epsilon counts every entry as changed")]
 from .stacked import stack_models
 
 
@@ -37,7 +40,7 @@ def _combine(base: Tensor, kept: Tensor, counts: Tensor, unique_scale: Tensor | 
 
 
 @merge_method("ram", paper="arXiv:2601.13572", base="required", chunked=elementwise)
-def ram(base: Tensor, tensors: Sequence[Tensor], *, epsilon: float = 1e-5) -> Tensor:
+def ram(base: Tensor, tensors: Sequence[Tensor], *, epsilon: Threshold = 1e-5) -> Tensor:
     """RAM: unique changes kept, shared ones averaged over their contributors (module docstring)."""
     if not tensors:
         return base
@@ -47,7 +50,7 @@ def ram(base: Tensor, tensors: Sequence[Tensor], *, epsilon: float = 1e-5) -> Te
 
 @merge_method("ramplus_tl", paper="arXiv:2601.13572", base="required")
 def ramplus_tl(base: Tensor, tensors: Sequence[Tensor], *, r: float = 0.1, alpha: float = 0.2,
-               epsilon: float = 1e-5) -> Tensor:
+               epsilon: Threshold = 1e-5) -> Tensor:
     """RAM+ with per-tensor overlap ratios ρᵢ scaling each model's unique changes (module docstring)."""
     if not tensors:
         return base

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
 from .consensus import elect_sign
-from .registry import merge_method
+from .registry import Bounds, merge_method
 from .stacked import stack_models
+
+TopShare = Annotated[float, Bounds(warn_low=0, warn_high=1, warn_why="it is a share of the entries, outside [0, 1]")]
 
 
 def top_variance_mask(deltas: Tensor, select_topk: float) -> Tensor:
@@ -38,7 +41,7 @@ def mean_square_weights(deltas: Tensor) -> Tensor:
 
 
 @merge_method("sce", paper="arXiv:2408.07990", base="required")
-def sce(base: Tensor, tensors: Sequence[Tensor], *, select_topk: float = 1.0, int8_mask: bool = False) -> Tensor:
+def sce(base: Tensor, tensors: Sequence[Tensor], *, select_topk: TopShare = 1.0, int8_mask: bool = False) -> Tensor:
     """θ₀ + Σᵢ ωᵢaᵢτᵢ / max(Σᵢ ωᵢaᵢ, 1e-6), elementwise, with τᵢ = θᵢ − θ₀:
 
     1. select: if `select_topk` < 1, zero every τᵢ outside the top-variance entries
