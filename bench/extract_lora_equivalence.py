@@ -90,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--het-cmd", default=f"{shlex.quote(sys.executable)} -m mergekit_het.cli",
                     help="mergekit-het command (default: this Python's -m mergekit_het.cli)")  # fmt: skip
     ap.add_argument("--cases", default=None, help=f"comma-separated subset of {', '.join(CASES)}")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="checkpoint dtype (mergekit subtracts in it, we in float32: only float32 can be bit-exact)")  # fmt: skip
     ap.add_argument("--per-tensor", action=argparse.BooleanOptionalAction, default=True, help="one line per tensor")
     args = ap.parse_args(argv)
-    base, ft = make_checkpoints(CheckpointSpec(shape=SHAPE, experts=1, dtype="float32", dense_std=0.02), args.work / "ckpt")
+    spec = CheckpointSpec(shape=SHAPE, experts=1, dtype=args.dtype, dense_std=0.02)
+    base, ft = make_checkpoints(spec, args.work / f"ckpt-{args.dtype}")
     args.work.mkdir(parents=True, exist_ok=True)
     verdicts = {}
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:

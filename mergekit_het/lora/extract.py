@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +143,14 @@ def _plan(model: str, ft: TensorSource, base: TensorSource, opts: ExtractOptions
     present = set(ft.names())
     embed_lora = opts.embed_lora
     emb = input_embedding_weight(arch)
-    if embed_lora and emb in present and emb in set(base.names()) and ft.meta(emb)[0] != base.meta(emb)[0]:
-        embed_lora = False  # mergekit's rule: a resized vocabulary is saved whole
+    resized = embed_lora and emb in present and emb in set(base.names()) and ft.meta(emb)[0] != base.meta(emb)[0]
+    embed_lora = embed_lora and not resized  # mergekit's rule: a resized vocabulary is saved whole
     plan = plan_targets(arch, present, embed_lora=embed_lora, save_modules=list(opts.save_modules),
                         include=list(opts.include), exclude=list(opts.exclude),
                         skip_undecomposable=opts.skip_undecomposable)  # fmt: skip
     plan.architecture = type(arch).__name__
+    if resized:
+        plan.notes.append(f"{emb}: vocabulary {ft.meta(emb)[0][0]} vs the base's {base.meta(emb)[0][0]}; embeddings saved whole, not --embed-lora")
     if not plan.targets:
         raise ConfigError(f"{model}: no module of the architecture matches a tensor of the checkpoint (or the regexes exclude all)")
     if any(t.kind == "embedding" for t in plan.targets) and any(t.kind == "lora" and t.bias for t in plan.targets):
@@ -214,7 +217,7 @@ def _write_adapter(folder: Path, plan: TargetPlan, ft: TensorSource, base: Tenso
         bar.close()
     (folder / writer.files[0]).rename(folder / ADAPTER_WEIGHTS)
     for note in plan.notes:
-        tqdm.write(f"note: {note}")
+        tqdm.write(f"note: {note}", file=sys.stderr)
     return ranks
 
 

@@ -102,7 +102,9 @@ def plan_targets(model: nn.Module, present: set[str], *, embed_lora: bool, save_
             if isinstance(module, _DECOMPOSABLE):
                 plan.targets.append(Target(name, lora_tensors, "embedding" if isinstance(module, nn.Embedding) else "lora"))
             elif skip_undecomposable:
-                plan.notes.append(f"{name} ({type(module).__name__}) cannot be decomposed; skipped")
+                note = f"{key} ({type(module).__name__}) cannot be decomposed; skipped (--skip-undecomposable)"
+                if note not in plan.notes:
+                    plan.notes.append(note)
             else:
                 plan.targets.append(Target(name, tensors, "full"))
                 if key not in plan.modules_to_save:

@@ -175,6 +175,16 @@ def test_extract_embed_lora_decomposes_embeddings_transposed(tmp_path):
     assert_states_close(merged_state(base, out, LlamaForCausalLM), load_file(ft / "model.safetensors"), atol=2e-6)
 
 
+def test_extract_embed_lora_resized_vocabulary_saves_embeddings_whole(tmp_path):
+    base = tmp_path / "base"
+    tiny_llama().save_pretrained(base)
+    ft = save_pair(tmp_path / "big", tiny_llama(vocab_size=52), noise)[1]
+    extract_lora(str(ft), str(base), tmp_path / "out", opts(max_rank=4, embed_lora=True))
+    cfg = config(tmp_path / "out")
+    assert cfg["modules_to_save"][:1] == ["embed_tokens"] and "lm_head" in cfg["modules_to_save"]
+    assert load_file(tmp_path / "out" / "adapter_model.safetensors")[f"{P}model.embed_tokens.weight"].shape == (52, 16)
+
+
 def test_extract_embed_lora_with_biases_refused(tmp_path):
     from transformers import BertConfig, BertModel
 
