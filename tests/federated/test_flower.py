@@ -139,34 +139,43 @@ def _kill_superlink(port: str) -> None:
             os.kill(int(proc.name), signal.SIGTERM)
 
 
-def _flwr_run(tmp_path, cfg: dict, port: str) -> subprocess.CompletedProcess:
-    (tmp_path / "fed.yaml").write_text(yaml.safe_dump(cfg))
+def _flower_env(tmp_path, port: str) -> dict:
+    """FLWR_HOME of this test (Flower writes its default config there: a `local` SuperLink
+    started by the CLI itself) and free ports for that SuperLink."""
     home = tmp_path / "flwr"
     home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
-           "FLWR_LOCAL_CONTROL_API_PORT": str(int(port) + 2)}  # fmt: skip
-    try:
-        return subprocess.run(["flwr", "run", str(APP), "local", "--stream", "--run-config", f'config="{tmp_path / "fed.yaml"}"',
-                               "--federation-config", f"num-supernodes={cfg['partition']['num_clients']}"],
-                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    finally:
-        _kill_superlink(port)
+    return {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
+            "FLWR_LOCAL_CONTROL_API_PORT": str(int(port) + 2)}  # fmt: skip
 
 
 @pytest.mark.slow
 def test_flower_simulation_runs_and_failures_exit_nonzero(tiny_bert, toy_task, tmp_path):
-    """`flwr run` on a local SuperLink (simulation, loopback only): 4 SuperNodes, 2 rounds; then
-    a run whose ServerApp fails (a missing task file) must exit non-zero."""
+    """`flwr run` on a local SuperLink (simulation, loopback only, flwr 1.42's keys): 4
+    SuperNodes, 2 rounds; then `mergekit-het federated --flower` on a config whose ServerApp
+    fails (a missing task file) exits 2 naming the failed run."""
     pytest.importorskip("ray")
     cfg = {"model": str(tiny_bert), "data": {"task_file": str(toy_task), "task": "toy", "max_length": 16},
            "partition": {"scheme": "iid", "num_clients": 4}, "rounds": 2, "clients_per_round": 2,
            "client": {"lr": 0.1, "batch_size": 8, "local_steps": 2}, "ghbm": {"beta": 0.9, "tau": 1}, "threads": 1,
            "output": {"dir": str(tmp_path / "out"), "save_model": False}}  # fmt: skip
-    proc = _flwr_run(tmp_path, cfg, "39291")
+    (tmp_path / "fed.yaml").write_text(yaml.safe_dump(cfg))
+    try:
+        proc = subprocess.run(["flwr", "run", str(APP), "local", "--stream", "--run-config", f'config="{tmp_path / "fed.yaml"}"',
+                               "--federation-config", "num-supernodes=4"],
+                              env=_flower_env(tmp_path, "39291"), capture_output=True, text=True, timeout=600)  # fmt: skip
+    finally:
+        _kill_superlink("39291")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "deprecated" not in proc.stdout + proc.stderr
     history = json.loads((tmp_path / "out" / "flower_history.json").read_text())
     assert [h["round"] for h in history] == [0, 1, 2]
+
     bad = {**cfg, "data": {**cfg["data"], "task_file": str(tmp_path / "missing.yaml")}}
-    failed = _flwr_run(tmp_path, bad, "39391")
-    assert failed.returncode != 0, failed.stdout[-2000:] + failed.stderr[-2000:]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    try:
+        failed = subprocess.run(["mergekit-het", "federated", str(tmp_path / "bad.yaml"), "--flower", str(APP)],
+                                env=_flower_env(tmp_path, "39391"), capture_output=True, text=True, timeout=600)  # fmt: skip
+    finally:
+        _kill_superlink("39391")
+    assert failed.returncode == 2, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert "ended finished:failed" in failed.stderr
