@@ -12,6 +12,7 @@ import torch
 
 from ..data.tasks import TaskSpec, load_split, num_labels_of
 from ..runtime.batching import Batch, eval_batches, length_order, tokenize
+from ..runtime.logs import quiet_third_party
 
 
 @dataclass
@@ -40,7 +41,8 @@ def encode_split(
 ) -> EncodedSplit:
     """Load `split` of `task` (`tasks.load_split`), optionally keep a random subset of
     `max_examples` rows (fixed `seed`), and tokenize it into length-sorted padded batches."""
-    ds = load_split(task, split)
+    with quiet_third_party():
+        ds = load_split(task, split)
     if max_examples is not None and max_examples < len(ds):
         ds = ds.shuffle(seed=seed).select(range(max_examples))
     rows = tokenize(ds, tokenizer, max_length)

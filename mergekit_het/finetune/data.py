@@ -17,6 +17,7 @@ import torch
 from ..data.tasks import TaskSpec, load_split, load_task_file, num_labels_of
 from ..errors import ConfigError
 from ..runtime.batching import collate
+from ..runtime.logs import quiet_third_party
 from ..runtime.seeding import generator
 from .config import FinetuneConfig
 
@@ -35,7 +36,8 @@ def load_task_data(cfg: FinetuneConfig, splits: tuple[str, ...] = ("train", "val
     task = load_task_file(cfg.data.task_file, [cfg.data.task])[0]
     out = {}
     for split in splits:
-        ds = load_split(task, split)
+        with quiet_third_party():
+            ds = load_split(task, split)
         cap = cfg.data.max_train_examples if split == "train" else cfg.data.max_eval_examples
         if cap is not None and len(ds) > cap:
             ds = ds.shuffle(seed=cfg.train.seed).select(range(cap)) if split == "train" else ds.select(range(cap))

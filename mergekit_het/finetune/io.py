@@ -27,6 +27,7 @@ from ..models.classifier import PooledClassifier
 from ..models.encoder import HEAD_FILE
 from ..runtime import files as atomic
 from ..runtime.files import work_dir  # noqa: F401 -- the runners' work folder, used as io.work_dir
+from ..runtime.logs import quiet_third_party
 from ..runtime.names import SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from .config import FinetuneConfig
 
@@ -132,6 +133,11 @@ def _masks_by_saved_name(model, masks, cfg: FinetuneConfig) -> dict[str, torch.T
 
 def save_expert(model, cfg: FinetuneConfig, tokenizer, folder: Path, info: dict, masks=None, head_file=None) -> None:
     """Write one expert folder: weights (or a LoRA adapter), tokenizer, head, mask, expert.json."""
+    with quiet_third_party():
+        _save_expert(model, cfg, tokenizer, folder, info, masks, head_file)
+
+
+def _save_expert(model, cfg: FinetuneConfig, tokenizer, folder: Path, info: dict, masks, head_file) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     net = model.encoder if isinstance(model, PooledClassifier) else model
     if cfg.mode == "lora":

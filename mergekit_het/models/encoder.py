@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..runtime.batching import encoder_inputs, eval_batches
 from ..runtime.evaluation import eval_mode
+from ..runtime.logs import quiet_third_party
 
 HEAD_FILE = "head.safetensors"
 
@@ -43,7 +44,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(name)
+        with quiet_third_party():
+            AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
@@ -56,7 +58,9 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     """AutoTokenizer; decoders without a pad token get pad = eos (needed for batching)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    path = resolve_model(name_or_path)
+    with quiet_third_party():
+        tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
@@ -66,14 +70,18 @@ def load_encoder(name_or_path: str | os.PathLike, dtype: torch.dtype | None = No
     """The checkpoint's backbone (`AutoModel`): outputs `last_hidden_state`, no task head."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(resolve_model(name_or_path), dtype=dtype)
+    path = resolve_model(name_or_path)
+    with quiet_third_party():
+        return AutoModel.from_pretrained(path, dtype=dtype)
 
 
 def model_head_labels(name_or_path: str | os.PathLike) -> int | None:
     """Number of labels of the checkpoint's sequence-classification head, None if it has none."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    path = resolve_model(name_or_path)
+    with quiet_third_party():
+        cfg = AutoConfig.from_pretrained(path)
     if any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
         return int(cfg.num_labels)
     return None
@@ -90,7 +98,8 @@ def load_classifier(
     have = model_head_labels(path)
     if have is not None and have != num_labels:
         raise ConfigError(f"model {path} has a {have}-label classification head but the task has {num_labels} labels")
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
+    with quiet_third_party():
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # decoders pool the last non-pad token
     return model
@@ -100,7 +109,9 @@ def load_causal_lm(name_or_path: str | os.PathLike, dtype: torch.dtype | None = 
     """`AutoModelForCausalLM` (GPT-2, Llama, ... shapes)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=dtype)
+    path = resolve_model(name_or_path)
+    with quiet_third_party():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

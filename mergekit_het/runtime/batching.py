@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
+from .logs import quiet_third_party
+
 ENCODER_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 Batch = dict[str, torch.Tensor]
 
@@ -42,7 +44,8 @@ def tokenize(ds, tokenizer, max_length: int, causal_lm: bool = False) -> list[di
             enc["labels"] = rows["label"]
         return enc
 
-    return ds.map(fn, batched=True, remove_columns=ds.column_names, desc="tokenize").to_list()
+    with quiet_third_party():
+        return ds.map(fn, batched=True, remove_columns=ds.column_names, desc="tokenize").to_list()
 
 
 def collate(rows: Sequence[dict], tokenizer, causal_lm: bool = False) -> Batch:

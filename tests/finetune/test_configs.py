@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from mergekit_het.data.tasks import load_task_file
 from mergekit_het.evaluate.config import CompareConfig
 from mergekit_het.finetune import load_finetune_config
 from mergekit_het.runtime.yaml_config import read_yaml_mapping, validate
@@ -14,10 +15,11 @@ EVAL = sorted((ROOT / "eval" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", FINETUNE, ids=lambda p: p.name)
-def test_finetune_config_validates_and_its_mode_matches_its_name(path):
+def test_finetune_config_validates_and_its_mode_matches_its_name(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs are run from the project root
     cfg = load_finetune_config(path)
     assert cfg.mode in path.stem and cfg.protocol in path.stem
-    assert (ROOT / cfg.data.task_file).is_file()
+    assert [t.name for t in load_task_file(cfg.data.task_file, [cfg.data.task])] == [cfg.data.task]
 
 
 @pytest.mark.parametrize("path", EVAL, ids=lambda p: p.name)
