@@ -117,10 +117,10 @@ def talos_masks(cfg: FinetuneConfig, model: nn.Module, tokenizer, data: TaskData
     model.to(accelerator.device)
     rank, world = accelerator.process_index, accelerator.num_processes
 
-    def batches():
+    def batches() -> list[dict[str, torch.Tensor]]:  # a list, so the scoring bar has a total
         shard = eval_batches(calib, tokenizer, cfg.train.eval_batch_size, rank=rank, world=world,
                              causal_lm=cfg.protocol == "causal_lm", device=accelerator.device)  # fmt: skip
-        return (batch for _, batch in shard)
+        return [batch for _, batch in shard]
 
     masks = calibrate_masks(
         model, batches, sparsity=cfg.talos.sparsity, rounds=cfg.talos.rounds, frozen_scale=cfg.talos.frozen_scale,
