@@ -52,13 +52,13 @@ def _run_comparison(args: argparse.Namespace) -> int:
     from ..evaluate.config import load_compare_config
     from ..evaluate.experiment import run_comparison
     from ..evaluate.report import comparison_markdown, write_comparison
+    from ..runtime.files import check_output
 
     if args.models or args.tasks:
         raise ConfigError("--config replaces MODEL and --tasks; give one or the other")
     if args.out is None:
         raise ConfigError("--config needs --out DIR for the results")
-    if args.out.exists() and not args.overwrite:
-        raise ConfigError(f"output folder {args.out} already exists; pass --overwrite to replace it")
+    check_output(args.out, args.overwrite)
     cfg = load_compare_config(args.config, args.overrides)
     comparison = run_comparison(cfg)
     write_comparison(comparison, args.out, overwrite=args.overwrite)
@@ -81,7 +81,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from ..evaluate import plots
     from ..evaluate.data import encode_split
     from ..runtime.device import resolve_device
-    from ..runtime.files import staged_output
+    from ..runtime.files import check_output, staged_output
     from ..evaluate.report import scores_table
     from ..evaluate.runner import RESULTS_FILE, evaluate, load_model, write_eval_results
     from ..models.encoder import load_tokenizer, resolve_model
@@ -100,8 +100,8 @@ def _run_models(args: argparse.Namespace) -> int:
         for m in args.models:
             if (Path(m) / RESULTS_FILE).exists():
                 raise ConfigError(f"{Path(m) / RESULTS_FILE} already exists; pass --overwrite to replace it")
-    if args.out is not None and args.out.exists() and not args.overwrite:
-        raise ConfigError(f"output folder {args.out} already exists; pass --overwrite to replace it")
+    if args.out is not None:
+        check_output(args.out, args.overwrite)
     device = resolve_device(args.device, "--device")
     results = {}
     for m in args.models:
