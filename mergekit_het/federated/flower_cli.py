@@ -15,6 +15,7 @@ steps with Flower's CLI and checks the outcome:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from ..errors import ConfigError, MergekitHetError
 
 COMPLETED = "finished:completed"
+OFFLINE = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"  # read by the SuperLink when it starts
 
 
 class FlowerError(MergekitHetError):
@@ -29,9 +31,12 @@ class FlowerError(MergekitHetError):
 
 
 def _flwr(*args: str, capture: bool = True) -> subprocess.CompletedProcess:
+    """`flwr ARGS`, with the local SuperLink it may start using this environment as it is
+    (no `uv sync` of a per-run environment, which would need the network)."""
     if shutil.which("flwr") is None:
         raise ConfigError('--flower needs the Flower CLI: pip install "mergekit-het[flower]"')
-    proc = subprocess.run(["flwr", *args], capture_output=capture, text=True)
+    env = {**os.environ, OFFLINE: "1"}
+    proc = subprocess.run(["flwr", *args], capture_output=capture, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] if capture else []
         raise FlowerError(f"flwr {args[0]} failed (exit {proc.returncode}){': ' + tail[0] if tail else ''}")

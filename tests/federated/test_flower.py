@@ -19,6 +19,7 @@ from flwr.serverapp import Grid  # noqa: E402
 from mergekit_het.federated import load_federated_config, run_federated  # noqa: E402
 from mergekit_het.federated import flower as fl  # noqa: E402
 from mergekit_het.federated.fed3r import client_statistics  # noqa: E402
+from mergekit_het.federated.flower_cli import OFFLINE  # noqa: E402
 from mergekit_het.federated.runner import build_model, load_data  # noqa: E402
 from mergekit_het.federated.strategy import build_strategy  # noqa: E402
 from mergekit_het.models.classifier import trainable_state  # noqa: E402
@@ -141,11 +142,11 @@ def _kill_superlink(port: str) -> None:
 
 def _flower_env(tmp_path, port: str) -> dict:
     """FLWR_HOME of this test (Flower writes its default config there: a `local` SuperLink
-    started by the CLI itself) and free ports for that SuperLink."""
+    started by the CLI itself), free ports for that SuperLink, no per-run `uv sync` (offline)."""
     home = tmp_path / "flwr"
     home.mkdir(exist_ok=True)
     return {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
-            "FLWR_LOCAL_CONTROL_API_PORT": str(int(port) + 2)}  # fmt: skip
+            "FLWR_LOCAL_CONTROL_API_PORT": str(int(port) + 2), OFFLINE: "1"}  # fmt: skip
 
 
 @pytest.mark.slow
