@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import warnings
 from typing import NoReturn
@@ -22,6 +23,8 @@ from .runtime.files import Terminated, terminate_as_interrupt
 # Each name is a module `mergekit_het.commands.<name>` with `add_parser(subparsers)` and `run(args)`.
 COMMANDS: list[str] = ["merge", "push", "eval", "finetune", "quickstart", "federated", "continual", "extract_lora"]
 MAX_MESSAGE = 1000  # characters of an error line
+MAX_WORD = 300  # a longer path or value is shown as an excerpt
+_LONG_WORD = re.compile(rf"\S{{{MAX_WORD + 1},}}")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -47,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def one_line(message: object) -> str:
-    """`message` on one line of at most MAX_MESSAGE characters."""
+    """`message` on one line of at most MAX_MESSAGE characters, any run of over MAX_WORD
+    non-blank characters (a huge value echoed back) cut to an excerpt."""
     text = " | ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    text = _LONG_WORD.sub(lambda m: f"{m[0][:60]}…({len(m[0])} characters)", text)
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 

@@ -157,3 +157,8 @@ def test_cli_warnings_print_as_one_line():
     from mergekit_het.cli import _one_line_warning
 
     assert _one_line_warning(UserWarning("a\nb"), UserWarning, "x.py", 3) == "warning: a | b\n"
+
+
+def test_cli_huge_value_echoed_as_excerpt(tmp_path, models, capsys):
+    rc, err = merge(tmp_path, capsys, cfg_file(tmp_path, models, merge_method="x" * 500_000))
+    assert rc == 2 and len(err) == 1 and len(err[0]) < 1000 and "(500000 characters)" in err[0], err[0][:300]
