@@ -22,16 +22,16 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 def device_spec_problem(spec: str) -> str | None:
-    """Why `spec` is not a device name (auto, cpu, cuda, cuda:N), or None if it is one."""
+    """Why `spec` is not a device name (auto, cpu, cuda, cuda:N, mps), or None if it is one."""
     kind, colon, index = spec.partition(":")
-    if spec == "auto" or (kind == "cpu" and not colon) or (kind == "cuda" and (not colon or index.isdigit())):
+    if spec in ("auto", "cpu", "mps") or (kind == "cuda" and (not colon or index.isdigit())):
         return None
-    return f"'{spec}' is not a device; use auto, cpu, cuda or cuda:N"
+    return f"'{spec}' is not a device; use auto, cpu, cuda, cuda:N or mps"
 
 
 def resolve_device(spec: str | torch.device, option: str = "device") -> torch.device:
     """The torch device named by `spec`: `auto` is cuda when a GPU is visible, else cpu; a CUDA
-    device must exist. Bad names and missing GPUs raise a ConfigError naming `option`."""
+    (or Apple mps) device must exist. Bad names and missing GPUs raise a ConfigError naming `option`."""
     if isinstance(spec, torch.device):
         spec = str(spec)
     problem = device_spec_problem(spec)
@@ -40,6 +40,8 @@ def resolve_device(spec: str | torch.device, option: str = "device") -> torch.de
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(spec)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{option}: device 'mps' is not available (no Apple GPU visible); use cpu")
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if dev.type == "cuda" and (dev.index or 0) >= visible:
         raise ConfigError(f"{option}: device '{spec}' is not available ({visible} CUDA device(s) visible); use cpu")

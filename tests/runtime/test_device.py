@@ -32,3 +32,11 @@ def test_parse_dtype_aliases_and_unknown():
     assert parse_dtype(None) is None
     with pytest.raises(ConfigError, match=r"^out_dtype: unknown dtype 'int8'"):
         parse_dtype("int8", "out_dtype")
+
+
+def test_resolve_device_mps_only_where_it_exists():
+    if torch.backends.mps.is_available():
+        assert resolve_device("mps").type == "mps"
+    else:
+        with pytest.raises(ConfigError, match=r"^--device: device 'mps' is not available"):
+            resolve_device("mps", "--device")
