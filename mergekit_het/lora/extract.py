@@ -184,6 +184,7 @@ def _write_adapter(folder: Path, plan: TargetPlan, ft: TensorSource, base: Tenso
     bar = tqdm(total=len(plan.targets), unit="module", desc="extract-lora", disable=not opts.progress)
     factors: dict[str, Tensor] = {}
     ranks: dict[str, int] = {}
+    empty = []  # rank 0: every singular value ≤ sv_epsilon
     for t in plan.targets:
         if t.kind != "full":
             tensors = _decompose(t, ft, base, opts, device)
@@ -191,16 +192,20 @@ def _write_adapter(folder: Path, plan: TargetPlan, ft: TensorSource, base: Tenso
                 factors.update(tensors)
                 ranks[t.module] = next(iter(tensors.values())).shape[0]
             else:
-                plan.notes.append(f"{t.module}: no singular value above --sv-epsilon; left out")
+                empty.append(t.module)
             bar.update()
+    if not ranks:
+        bar.close()
+        why = f"every one has rank 0 under --sv-epsilon {opts.sv_epsilon}" if empty else "the regexes and --save-module leave none"
+        raise ConfigError(f"no module to decompose ({why}); peft cannot load an adapter of rank 0")
+    if empty:
+        plan.notes.append(f"{len(empty)} module(s) with no singular value above --sv-epsilon left out, e.g. {empty[0]}")
     full = [t for t in plan.targets if t.kind == "full"]
     entries = [(n, v.dtype, tuple(v.shape)) for n, v in factors.items()]
     for t in full:
         for local, src in t.tensors.items():
             shape, dtype = ft.meta(src)
             entries.append((f"{PREFIX}{t.module}.{local}", dtype, shape))
-    if not entries:
-        raise ConfigError("nothing to write: every module was left out (lower --sv-epsilon or widen the regexes)")
     writer = ShardedWriter(folder, entries, max_shard_size=1 << 62)  # one file, as peft expects
     try:
         # Flat: ShardedWriter's byte view fails on a 0-d tensor (BatchNorm's num_batches_tracked)

@@ -299,6 +299,8 @@ def _narrow_base(tmp_path, ft):
     [
         (["--max-rank", "0"], r"argument --max-rank/--rank/-r: 0 is below 1"),
         (["-i", "(", "--sv-epsilon", "-1"], r"--sv-epsilon must be ≥ 0, got -1.0; --include-regex '\(' is not a valid"),
+        (["--sv-epsilon", "100"], r"no module to decompose \(every one has rank 0 under --sv-epsilon 100.0\)"),
+        (["-i", "no_such_module"], r"no module to decompose \(the regexes and --save-module leave none\)"),
         (["--device", "tpu"], r"argument --device: 'tpu' is not a device"),
         (["MODEL=/nonexistent/ft"], r"model path /nonexistent/ft does not exist"),
         (["MODEL=no_config"], r"bare: no config.json; extract-lora needs the architecture"),
