@@ -161,4 +161,4 @@ def test_cli_warnings_print_as_one_line():
 
 def test_cli_huge_value_echoed_as_excerpt(tmp_path, models, capsys):
     rc, err = merge(tmp_path, capsys, cfg_file(tmp_path, models, merge_method="x" * 500_000))
-    assert rc == 2 and len(err) == 1 and len(err[0]) < 1000 and "(500000 characters)" in err[0], err[0][:300]
+    assert rc == 2 and len(err) == 1 and len(err[0]) < 1000 and "(500002 characters)" in err[0], err[0][:300]  # the value and its quotes
