@@ -251,7 +251,7 @@ class _StateSink:
 
 def _device(options: MergeOptions) -> torch.device:
     reuse_freed_memory()  # before any reader or writer thread allocates (one malloc arena)
-    device = resolve_device(options.device, "--device")
+    device = resolve_device(options.device, "device")
     if options.threads:
         torch.set_num_threads(options.threads)
     return device
