@@ -80,7 +80,7 @@ class GHBMConfig(StrictModel):
 class Fed3RConfig(StrictModel):
     """Fed3R (Fanì et al., ICML 2024, arXiv:2406.01116): ridge head from client statistics."""
 
-    init: bool = True  # False: the configured rounds run from the usual head
+    init: bool = True  # Fed3R+FT: logits / temperature while fine-tuning; False: the ridge head with logits / cfg.temperature
     lam: float = Field(0.01, ge=0)
     normalize: bool = True
     temperature: float = Field(0.1, gt=0)  # logits / T during fine-tuning and evaluation
