@@ -126,7 +126,7 @@ def extract_lora(model: str, base: str, out: Path, opts: ExtractOptions = Extrac
             plan = _plan(model, ft_src, base_src, opts)
             with staged_output(out, opts.overwrite) as staging:
                 ranks = _write_adapter(staging, plan, ft_src, base_src, opts, device)
-                (staging / ADAPTER_CONFIG).write_text(json.dumps(_adapter_config(base, plan, ranks, ft_src), indent=2) + "\n")
+                (staging / ADAPTER_CONFIG).write_text(json.dumps(_adapter_config(base, plan, ranks), indent=2) + "\n")
                 if opts.write_card:
                     (staging / "README.md").write_text(_card(model, base, max(ranks.values(), default=0)))
         finally:
@@ -247,7 +247,7 @@ def _decompose(t: Target, ft: TensorSource, base: TensorSource, opts: ExtractOpt
     return {n: v.to(dtype).cpu() for n, v in out.items()}
 
 
-def _adapter_config(base: str, plan: TargetPlan, ranks: dict[str, int], ft: TensorSource) -> dict:
+def _adapter_config(base: str, plan: TargetPlan, ranks: dict[str, int]) -> dict:
     """mergekit-extract-lora's `adapter_config.json`: r = lora_alpha = the largest rank, the
     others in rank_pattern = alpha_pattern (scale 1 everywhere)."""
     r = max(ranks.values(), default=0)
