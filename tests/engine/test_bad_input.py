@@ -8,6 +8,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from mergekit_het.cli import main
+from mergekit_het.merge.binder import ParameterWarning
 
 
 def edit(folder: Path, fn) -> None:
@@ -143,3 +144,15 @@ def test_merge_overflowing_the_output_dtype_is_reported(tmp_path, tiny_models, c
     rc, err = run_cli(tmp_path, cfg, capsys)
     assert rc == 2 and "beyond the range of float16" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_merge_odd_mergekit_value_merges_with_one_warning_line(tmp_path, tiny_models, capsys):
+    """TIES density 1.5 (given to two models): mergekit 0.1.5 accepts it and keeps everything;
+    so do we, saying so once, naming the parameter."""
+    cfg = write_cfg(tmp_path, tiny_models, parameters={},
+                    models=[{"model": str(tiny_models[f"e{i}"]), "parameters": {"weight": 1.0, "density": 1.5}} for i in range(2)])  # fmt: skip
+    with pytest.warns(ParameterWarning) as record:
+        rc = main(["merge", str(cfg), str(tmp_path / "out"), "--quiet"])
+    lines = [str(w.message) for w in record if w.category is ParameterWarning]
+    assert rc == 0 and len(lines) == 1 and "models[0]" in lines[0] and ".density: 1.5 is accepted" in lines[0]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
