@@ -1,7 +1,7 @@
 """Every merge method, through mergekit-yaml 0.1.5 and mergekit-het merge: are the outputs equal?
 
     bash bench/setup_mergekit.sh            # once (or any mergekit 0.1.5 venv: --mergekit-cmd)
-    python bench/mergekit_equivalence.py    # ~3-5 min on 2 cores; exit 1 if a deterministic config differs
+    python bench/mergekit_equivalence.py    # ~6 min on 2 cores; exit 1 if a deterministic config differs
     python bench/mergekit_equivalence.py --configs nuslerp,ties --chunk-size 4096
 
 Builds tiny Llama-shaped float32 checkpoints (base + 3 experts, 2 layers, hidden 64, vocab 512;
@@ -28,12 +28,13 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import default_mergekit_argv  # noqa: E402
 from make_checkpoints import CheckpointSpec, Shape, make_checkpoints  # noqa: E402
 from outputs import compare_outputs  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 SHAPE = Shape(hidden=64, layers=2, intermediate=176, vocab=512, heads=4, kv_heads=2)  # 0.2M params
-DEFAULT_MERGEKIT = "/tmp/mergekit-venv/bin/mergekit-yaml"
+DEFAULT_MERGEKIT = "/tmp/mergekit-venv/bin/mergekit-yaml"  # the team's reference venv; else bench/compare.py's choice
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=BENCH / "_work" / "equivalence", help="checkpoints and outputs go here")
-    ap.add_argument("--mergekit-cmd", default=DEFAULT_MERGEKIT, help=f"mergekit-yaml command (default {DEFAULT_MERGEKIT})")
+    default_mk = DEFAULT_MERGEKIT if Path(DEFAULT_MERGEKIT).exists() else shlex.join(default_mergekit_argv())
+    ap.add_argument("--mergekit-cmd", default=default_mk, help=f"mergekit-yaml command (default {default_mk})")
     ap.add_argument("--het-cmd", default=f"{shlex.quote(sys.executable)} -m mergekit_het.cli",
                     help="mergekit-het command (default: this Python's -m mergekit_het.cli)")
     ap.add_argument("--configs", default=None, help="comma-separated config labels or methods (default all)")
