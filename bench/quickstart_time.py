@@ -70,7 +70,9 @@ def main() -> int:
     if rc == 0 and args.rerun:
         rc, again, cpu = _timed_run(cmd, work, env)
         print(f"re-run: exit {rc}, wall time {again:.1f} s, CPU time {cpu:.1f} s")
-    report = work / "runs" / "quickstart" / "report" / "report.md"
+    qs = args.quickstart_args
+    out = Path(qs[qs.index("--output") + 1]) if "--output" in qs[:-1] else Path("runs/quickstart")
+    report = work / out / "report" / "report.md"
     if report.is_file():
         print(f"\n{report}:\n{report.read_text()}")
     if args.keep is None:
