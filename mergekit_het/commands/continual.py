@@ -1,4 +1,4 @@
-"""`mergekit-het continual CONFIG [key.sub=value ...]`: continual learning as repeated merging."""
+"""`mergekit-het continual CONFIG [key.sub=value ...] [--reduced]`: the continual suite of one setting."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from .runner_args import add_config_arguments, config_overrides
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "continual", help="continual learning over a stream of tasks / class splits (merge, EWC, SCROLL)",
-        description="Learn a stream of experiences; after each, merge the new expert into the running model "
-        "with a registered merge method (or fine-tune sequentially with EWC, or update SCROLL's ridge); "
-        "writes the accuracy matrix, average accuracy, forgetting and backward transfer.",
+        "continual", help="continual learning: strategies x seeded schedules of a stream (table, matrices, plots)",
+        description="Run every configured strategy (finetune, ewc, replay, merge, scroll, joint, federated) on "
+        "every seeded schedule of one stream built from the task file; writes results.json, table.md "
+        "(class- and task-incremental accuracy, forgetting, BWT: mean ± std over schedules) and plots.",
     )
-    add_config_arguments(p, "continual YAML config (see docs/continual.md)", "strategy=merge merge.method=ties")
+    add_config_arguments(p, "continual YAML config (see docs/continual.md)", "stream.schedules=5 device=cuda")
+    p.add_argument("--reduced", action="store_true", help="apply the config's `reduced:` overrides (a tiny budget, for a CPU check)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -22,10 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..continual import load_continual_config, run_continual
 
-    overrides = config_overrides(args)
-    cfg = load_continual_config(args.config, overrides)
-    result = run_continual(cfg, progress=not args.quiet)
-    s = result.summary
-    print(f"continual ({cfg.strategy}): average accuracy {s['average_accuracy']:.4f}, forgetting "
-          f"{s['forgetting']:.4f}, BWT {s['backward_transfer']:.4f} -> {cfg.output.dir}")  # fmt: skip
+    cfg = load_continual_config(args.config, config_overrides(args), reduced=args.reduced)
+    suite = run_continual(cfg, progress=not args.quiet)
+    print(suite.report["markdown"], end="")
+    print(f"-> {cfg.output.dir}")
     return 0

@@ -1,96 +1,147 @@
-"""Continual-learning configuration (YAML + `key.sub=value` overrides, pydantic, extra="forbid").
+"""Continual-learning configuration: one *setting* (a pool of examples from the task file, how
+it is cut into experiences) run under several seeded *schedules* by several *strategies*.
 
 ```yaml
 model: /path/to/all-MiniLM-L6-v2
-data: {task_file: eval/tasks/text_tasks.yaml, max_length: 64, max_train_examples: 1000, max_eval_examples: 300}
-stream:                                   # either a sequence of tasks ...
-  tasks: [austen_book, fortune_topic, wordnet_pos]
-# stream: {split: austen_book, classes: [[0, 1], [2, 3], [4, 5]], order: [2, 0, 1]}   # ... or class-incremental splits
-strategy: merge                           # merge | finetune | scroll
-merge: {method: ties, parameters: {lambda: 1.0}, model_parameters: {density: 0.2}}
-train: {lr: 0.05, batch_size: 16, steps: 50}
-ewc: {lam: 100.0}                         # strategy finetune: EWC penalty (omit for plain sequential fine-tuning)
-output: {dir: runs/continual/ties}
+data: {task_file: builtin, tasks: [wordnet_supersense], max_length: 64,
+       train_per_class: 40, eval_per_class: 20}          # the pool: the same examples for every schedule
+stream:
+  by: classes                      # classes: class-incremental over the pool's classes; tasks: one experience per task
+  experience_sizes: [[5, 5, 5, 5, 5], [3, 7, 5, 4, 6]]   # classes per experience, one list per schedule (cycled)
+  chunk_sizes: [16, 8]             # online chunk = SGD batch / ridge update, cycled over schedules
+  schedules: 5                     # schedule k: class (or task) order drawn from seed + k
+strategies:                        # any of finetune, ewc, replay, merge, scroll, joint, federated
+  - {name: finetune}
+  - {name: ewc, lam: 100}
+  - {name: replay, memory: 100}
+  - {name: merge, method: ties, parameters: {lambda: 1.0}, model_parameters: {density: 0.2}}
+  - {name: scroll, memory: 100, steps: 20}
+  - {name: joint}
+  - {name: federated}
+train: {lr: 0.05, passes: 1}      # one online pass per experience
+output: {dir: runs/continual/supersense}
 ```
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from ..runtime.aggregation import AggregateConfig, check_aggregate
-from ..runtime.yaml_config import StrictModel, load_config
+from ..runtime.device import device_spec_problem
+from ..runtime.yaml_config import StrictModel, deep_update, load_config, parse_overrides
 
 
 class DataConfig(StrictModel):
+    """The pool: up to `train_per_class` train and `eval_per_class` eval examples of every class
+    of every listed task (a seeded subset, the same for every schedule)."""
+
     task_file: Path
-    max_length: int = Field(128, ge=2)
-    max_train_examples: int | None = Field(None, ge=1)  # per experience, seeded subset
-    max_eval_examples: int | None = Field(None, ge=1)  # per experience, first examples
+    tasks: list[str] = Field(min_length=1)
+    max_length: int = Field(64, ge=2)
+    train_per_class: int | None = Field(None, ge=1)
+    eval_per_class: int | None = Field(None, ge=1)
     eval_split: Literal["validation", "test"] = "test"
+    seed: int = 0
 
 
 class StreamConfig(StrictModel):
-    """The schedule: which experiences, in which order.
+    """How schedule k cuts the pool: `by: classes` shuffles all classes with seed + k and cuts
+    them into `experience_sizes[k mod len]` experiences; `by: tasks` makes one experience per task,
+    in an order drawn from seed + k. Learners see each experience once, in online chunks of
+    `chunk_sizes[k mod len]` examples."""
 
-    `tasks`: one experience per task of the task file (each with its own label space).
-    `split`: class-incremental experiences of one task, `classes` listing each experience's
-    class ids, or `classes_per_experience` chunks of a seeded random class order.
-    `order`: a permutation of the experiences (default: as listed)."""
-
-    tasks: list[str] | None = None
-    split: str | None = None
-    classes: list[list[int]] | None = None
-    classes_per_experience: int | None = Field(None, ge=1)
-    order: list[int] | None = None
+    by: Literal["classes", "tasks"] = "classes"
+    experience_sizes: list[list[int]] = []
+    chunk_sizes: list[int] = Field([16], min_length=1)
+    schedules: int = Field(5, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
-    def _one_source(self) -> "StreamConfig":
-        if (self.tasks is None) == (self.split is None):
-            raise ValueError("give exactly one of stream.tasks or stream.split")
-        if self.split is not None and (self.classes is None) == (self.classes_per_experience is None):
-            raise ValueError("stream.split needs exactly one of stream.classes or stream.classes_per_experience")
-        if self.classes is not None:
-            flat = [c for chunk in self.classes for c in chunk]
-            if len(flat) != len(set(flat)) or any(not chunk for chunk in self.classes):
-                raise ValueError(f"stream.classes must be non-empty disjoint lists; got {self.classes}")
+    def _sizes(self) -> "StreamConfig":
+        if self.by == "classes" and not self.experience_sizes:
+            raise ValueError("stream.by: classes needs stream.experience_sizes (classes per experience)")
+        if self.by == "tasks" and self.experience_sizes:
+            raise ValueError("stream.experience_sizes applies to stream.by: classes, not tasks")
+        if any(not s or min(s) < 1 for s in self.experience_sizes) or min(self.chunk_sizes) < 1:
+            raise ValueError("stream.experience_sizes and stream.chunk_sizes must hold positive numbers")
+        lengths = {len(s) for s in self.experience_sizes}
+        if len(lengths) > 1:
+            raise ValueError(f"stream.experience_sizes: every schedule needs the same number of experiences; got {sorted(lengths)}")
         return self
 
 
 class TrainConfig(StrictModel):
-    """Fine-tuning of the encoder on one experience under its frozen ridge head (plain SGD)."""
+    """SGD on an experience in batches of the schedule's chunk size: `passes` passes over its
+    examples, or exactly `steps` steps when set (as many passes as needed); joint training gets
+    the same budget for the union of all experiences."""
 
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(16, ge=1)
-    steps: int = Field(50, ge=1)
+    passes: int = Field(1, ge=1)
+    steps: int | None = Field(None, ge=1)
+    temperature: float = Field(0.1, gt=0)  # logits / T (the head of the frozen-head protocol)
 
 
-class HeadConfig(StrictModel):
-    """Per-experience frozen head: ridge on the PRETRAINED features, Fed3R-normalized, logits / T."""
-
-    lam: float = Field(0.01, ge=0)
-    normalize: bool = True
-    temperature: float = Field(0.1, gt=0)
+class FinetuneSpec(StrictModel):
+    name: Literal["finetune"]
 
 
-class EWCConfig(StrictModel):
-    """EWC (Kirkpatrick et al., arXiv:1612.00796): + Σ_i (λ/2) F_i ⊙ (θ − θ*_i)²."""
+class EWCSpec(StrictModel):
+    """Kirkpatrick et al., arXiv:1612.00796: + Σ_i (λ/2) F_i ⊙ (θ − θ*_i)²."""
 
+    name: Literal["ewc"]
     lam: float = Field(100.0, ge=0)
-    estimator: Literal["exact", "sample", "empirical"] = "exact"
-    samples: int = Field(200, ge=1)  # examples of the finished experience used for F
+    estimator: Literal["exact", "sample", "empirical"] = "sample"
+    samples: int = Field(64, ge=1)
 
 
-class ScrollConfig(StrictModel):
-    """SCROLL stage 1: exact online ridge over every class seen, fed `chunk_size` examples at a time."""
+class ReplaySpec(StrictModel):
+    """Experience replay: train on the experience plus a class-balanced buffer of `memory` examples."""
 
+    name: Literal["replay"]
+    memory: int = Field(100, ge=1)
+
+
+class MergeSpec(AggregateConfig):
+    """Merge-as-you-go: expert t from θ0, running model = the engine's merge of experts 0..t."""
+
+    name: Literal["merge"]
+    weighting: Literal["examples", "uniform"] = "uniform"
+
+
+class ScrollSpec(StrictModel):
+    """SCROLL: stage 1 online ridge (λ) on pretrained features; stage 2 `steps` SGD steps on the
+    class-balanced buffer (`memory` examples, `validation` fraction held out for the rejection rule)."""
+
+    name: Literal["scroll"]
     lam: float = Field(0.01, ge=0)
-    chunk_size: int = Field(32, ge=1)
+    memory: int = Field(100, ge=1)
+    steps: int = Field(20, ge=0)
+    batch_size: int = Field(16, ge=1)
+    validation: float = Field(0.2, ge=0, lt=1)
+
+
+class JointSpec(StrictModel):
+    """Upper bound: one model trained on the union of all experiences (passes × all chunks)."""
+
+    name: Literal["joint"]
+
+
+class FederatedSpec(StrictModel):
+    """The federated strategy (FedAvg's hooks) on the stream: client t = experience t, one client
+    per round, no revisits; `aggregate` = its merge settings (linear: FedAvg)."""
+
+    name: Literal["federated"]
+    aggregate: AggregateConfig = AggregateConfig()
+    server_lr: float = Field(1.0, gt=0)
+
+
+StrategyConfig = Annotated[FinetuneSpec | EWCSpec | ReplaySpec | MergeSpec | ScrollSpec | JointSpec | FederatedSpec, Field(discriminator="name")]
 
 
 class OutputConfig(StrictModel):
@@ -102,24 +153,42 @@ class ContinualConfig(StrictModel):
     model: str
     data: DataConfig
     stream: StreamConfig
-    strategy: Literal["merge", "finetune", "scroll"] = "merge"
-    merge: AggregateConfig = AggregateConfig(weighting="uniform")
+    strategies: list[StrategyConfig] = Field(min_length=1)
     train: TrainConfig = TrainConfig()
-    head: HeadConfig = HeadConfig()
-    ewc: EWCConfig | None = None
-    scroll: ScrollConfig = ScrollConfig()
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
     seed: int = 0
+    device: str = "cpu"
     threads: int | None = Field(None, ge=1)
     output: OutputConfig
+    reduced: dict[str, Any] = {}  # overrides applied by --reduced (a tiny budget for a CPU check)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ContinualConfig":
-        if self.ewc is not None and self.strategy != "finetune":
-            raise ValueError(f"ewc applies to strategy 'finetune', not '{self.strategy}'")
-        check_aggregate(self.merge, "merge")
+        labels = [label_of(s) for s in self.strategies]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"strategies: {dup} listed twice (two merges need different methods)")
+        for i, s in enumerate(self.strategies):
+            agg = s.aggregate if isinstance(s, FederatedSpec) else s if isinstance(s, MergeSpec) else None
+            if agg is not None:
+                check_aggregate(agg, f"strategies[{i}]")
+        problem = device_spec_problem(self.device)
+        if problem is not None:
+            raise ValueError(f"device: {problem}")
         return self
 
 
-def load_continual_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> ContinualConfig:
-    return load_config(ContinualConfig, source, overrides)
+def label_of(s: StrategyConfig) -> str:
+    """Row name of a strategy in the table: its name, `merge:<method>` for merges."""
+    return f"merge:{s.method}" if isinstance(s, MergeSpec) else s.name
+
+
+def load_continual_config(
+    source: str | Path | dict[str, Any], overrides: list[str] | None = None, reduced: bool = False
+) -> ContinualConfig:
+    """The config; with `reduced`, its `reduced:` mapping is applied first (overrides still win)."""
+    cfg = load_config(ContinualConfig, source, overrides)
+    if not reduced or not cfg.reduced:
+        return cfg
+    raw = deep_update(json.loads(cfg.model_dump_json()), cfg.reduced)
+    return load_config(ContinualConfig, deep_update(raw, parse_overrides(overrides or [])))

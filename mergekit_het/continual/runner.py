@@ -1,158 +1,148 @@
-"""The continual loop: learn experiences one after another, evaluate every seen one after each.
+"""The continual suite: every configured strategy on every seeded schedule of one setting.
 
 ```
-mergekit-het continual continual/configs/minilm_tasks.yaml strategy=merge merge.method=ties
+mergekit-het continual continual/configs/minilm_supersense_classes.yaml model=PATH --output runs/cl/ss
 ```
-Strategies (every experience j is evaluated with its own frozen ridge head, computed on the
-PRETRAINED encoder's features: task-incremental evaluation, see docs/continual.md):
-
-- `merge`: fine-tune θ0 on experience t (SGD, its frozen head) → expert θ_t; the running model
-  is the engine's merge of all experts so far against θ0 with the configured method
-  (`linear` = sequential averaging, `task_arithmetic`, `ties`, ...);
-- `finetune`: fine-tune the running model on each experience in turn, with the EWC penalty of
-  all finished experiences when `ewc` is set (the usual baseline);
-- `scroll`: no training; SCROLL's exact online ridge over all classes seen, restricted to the
-  experience's classes at evaluation.
+```python
+pool = build_pool(cfg, tokenizer)                 # the setting's examples (global class ids)
+model = encoder + one new head over all C classes # θ0, the same for every run
+for schedule in schedules(cfg, pool):             # class order, experience sizes, chunk size
+    for spec in cfg.strategies:
+        strategy = STRATEGIES[spec.name](spec, ctx, schedule)
+        for t, exps in enumerate(strategy.steps()):
+            strategy.learn(model, t, exps)
+            R_CI[t], R_TI[t] = accuracy_rows(strategy.logits(model), ...)
+```
+Outputs (`output.dir`, published atomically): `results.json` (every run's matrices and
+summaries), `table.md` (mean ± std over schedules, gaps to joint, SCROLL's invariance, the
+federated-vs-fine-tuning gap), `matrix_<strategy>.png`, `accuracy_vs_experience.png`, `config.yaml`.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..evaluate.metrics import accuracy
-from ..evaluate.plots import plot_accuracy_matrix
-from ..runtime.files import RUNNER_HINT, check_output, publish, work_dir
-from ..models.classifier import PooledClassifier, head_inputs, load_trainable, trainable_state
+from ..models.classifier import PooledClassifier, head_inputs, trainable_state
 from ..models.encoder import load_encoder, load_tokenizer, resolve_model
-from ..models.ridge import fit_ridge
-from ..runtime.aggregation import merge_models
-from ..runtime.batching import eval_batches
-from ..runtime.evaluation import evaluate_classifier
-from ..runtime.local_training import local_batch_indices, local_sgd
+from ..runtime.batching import eval_batches, length_order
+from ..runtime.device import resolve_device
+from ..runtime.files import RUNNER_HINT, check_output, publish, work_dir
+from . import federated_link, scroll  # noqa: F401  (register the federated and SCROLL strategies)
 from .config import ContinualConfig
-from .ewc import EWCPenalty, fisher_diagonal
-from .metrics import summarize
-from .schedule import Experience, build_experiences
-from .scroll import ScrollClassifier, predict_within
+from .evaluation import accuracy_rows, final_accuracy
+from .metrics import pad, summarize
+from .report import suite_report, write_plots
+from .strategies import STRATEGIES, Context
+from .stream import Schedule, build_pool, schedules
+
+COMPARED = ("finetune", "federated")  # runs whose final weights the report compares
 
 
 @dataclass
-class ContinualResult:
+class RunResult:
+    label: str
+    schedule: int
     experiences: list[str]
-    matrix: list[list[float | None]]  # R[i][j], None for j > i
-    summary: dict[str, float]
-    state: dict[str, torch.Tensor] | None = None  # final encoder (None for scroll)
-    scroll_head: object | None = None  # final RidgeHead (scroll)
+    class_incremental: list[list[float | None]]  # R_CI[i][j]
+    task_incremental: list[list[float | None]]  # R_TI[i][j]
+    final_accuracy: float
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, dict[str, float | None]]:
+        return {"class_incremental": summarize(self.class_incremental), "task_incremental": summarize(self.task_incremental)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"strategy": self.label, "schedule": self.schedule, "experiences": self.experiences,
+                "class_incremental": self.class_incremental, "task_incremental": self.task_incremental,
+                "final_accuracy": self.final_accuracy, **self.summary,
+                **{k: v for k, v in self.artifacts.items() if k in ("accepted", "buffer_counts")}}  # fmt: skip
 
 
-def _batches(rows: list[dict], tokenizer, size: int) -> Iterator[dict[str, torch.Tensor]]:
-    return (batch for _, batch in eval_batches(rows, tokenizer, size))
+@dataclass
+class SuiteResult:
+    runs: list[RunResult]
+    report: dict[str, Any]
 
 
-def pretrained_features(model: nn.Module, rows: list[dict], tokenizer, batch_size: int) -> torch.Tensor:
-    """Mean-pooled features of the model as it is (the pretrained encoder before any training)."""
-    return torch.cat([f for f, _ in head_inputs(model, _batches(rows, tokenizer, batch_size))])
+@torch.no_grad()
+def pool_features(model: nn.Module, rows: list[dict], tokenizer, batch_size: int, device) -> torch.Tensor:
+    """Features entering the head (n, d) float32 on the CPU, computed once in length-sorted
+    batches, so every schedule reads the same φ(x)."""
+    out: torch.Tensor | None = None
+    for idx, batch in eval_batches(rows, tokenizer, batch_size, order=length_order(rows), device=device):
+        feats = next(head_inputs(model, [batch]))[0].cpu()
+        if out is None:
+            out = torch.empty(len(rows), feats.shape[1])
+        out[idx] = feats
+    return out
 
 
-def _frozen_head(cfg: ContinualConfig, feats: torch.Tensor, exp: Experience) -> nn.Linear:
-    labels = torch.tensor([r["labels"] for r in exp.train])
-    head = fit_ridge(feats, labels, exp.num_labels, cfg.head.lam)
-    head = (head.normalized() if cfg.head.normalize else head).to(torch.float32)
-    linear = nn.Linear(head.dim, head.num_classes).requires_grad_(False)
-    with torch.no_grad():
-        linear.weight.copy_(head.weight)
-        linear.bias.copy_(head.bias)
-    return linear
+def run_one(model: nn.Module, state0: dict, ctx: Context, spec, schedule: Schedule) -> list[RunResult]:
+    """One strategy on one schedule, from θ0; one result per row the strategy scores."""
+    model.load_state_dict(state0)
+    model.head.requires_grad_(True)
+    strategy = STRATEGIES[spec.name](spec, ctx, schedule)
+    labels = ctx.pool.labels("eval")
+    ci: dict[str, list[list[float]]] = {}
+    ti: dict[str, list[list[float]]] = {}
+    for t, exps in enumerate(strategy.steps()):
+        strategy.learn(model, t, exps)
+        logits = strategy.logits(model)
+        for label, z in logits.items():
+            c, k = accuracy_rows(z, labels, schedule, max(exps))
+            ci.setdefault(label, []).append(c)
+            ti.setdefault(label, []).append(k)
+    artifacts = strategy.artifacts()
+    if strategy.label not in COMPARED:
+        artifacts.pop("state", None)
+    width, names = len(schedule.experiences), [e.name for e in schedule.experiences]
+    return [RunResult(label, schedule.index, names, pad(ci[label], width), pad(ti[label], width),
+                      final_accuracy(z, labels, schedule), artifacts if label == strategy.label else {})
+            for label, z in logits.items()]  # fmt: skip
 
 
-def run_continual(cfg: ContinualConfig, progress: bool = True) -> ContinualResult:
-    """Run the configured stream; publishes `cfg.output.dir` (matrix.json, plot, config)."""
+def run_continual(cfg: ContinualConfig, progress: bool = True) -> SuiteResult:
+    """Run the suite; publishes `cfg.output.dir`."""
     out = Path(cfg.output.dir)
     check_output(out, cfg.output.overwrite, RUNNER_HINT)
     resolve_model(cfg.model)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     tok = load_tokenizer(cfg.model)
-    exps = build_experiences(cfg, tok)
+    pool = build_pool(cfg, tok)
     torch.manual_seed(cfg.seed)
-    model = PooledClassifier(load_encoder(cfg.model), 1, cfg.head.temperature)
-    feats = [pretrained_features(model, e.train, tok, cfg.eval_batch_size) for e in exps]
-    if cfg.strategy == "scroll":
-        result = _run_scroll(cfg, model, tok, exps, feats, progress)
-    else:
-        result = _run_training(cfg, model, tok, exps, feats, progress)
-    _write_output(cfg, result)
-    return result
+    model = PooledClassifier(load_encoder(cfg.model), pool.num_classes, cfg.train.temperature).to(device)
+    state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    feats = [pool_features(model, rows, tok, cfg.eval_batch_size, device) for rows in (pool.train, pool.eval)]
+    theta0 = {k: v.cpu() for k, v in trainable_state(model).items()}
+    ctx = Context(cfg, pool, tok, device, theta0, *feats)
+    plan = [(s, spec) for s in schedules(cfg, pool) for spec in cfg.strategies]
+    runs: list[RunResult] = []
+    for sched, spec in tqdm(plan, desc="runs", disable=not progress):
+        runs.extend(run_one(model, state0, ctx, spec, sched))
+    report = suite_report(runs)
+    _write_output(cfg, runs, report)
+    return SuiteResult(runs, report)
 
 
-def _run_scroll(cfg, model, tok, exps, feats, progress) -> ContinualResult:
-    num_classes = 1 + max(c for e in exps for c in e.classes)
-    scroll = ScrollClassifier(feats[0].shape[1], num_classes, cfg.scroll.lam)
-    eval_feats = [pretrained_features(model, e.eval, tok, cfg.eval_batch_size) for e in exps]
-    matrix: list[list[float | None]] = []
-    for t, exp in enumerate(tqdm(exps, desc="experiences", disable=not progress)):
-        scroll.observe(feats[t], exp.global_labels(exp.train), cfg.scroll.chunk_size)
-        head = scroll.head()
-        row = [accuracy(predict_within(head, eval_feats[j], exps[j].classes), [r["labels"] for r in exps[j].eval])
-               for j in range(t + 1)]  # fmt: skip
-        matrix.append(row + [None] * (len(exps) - t - 1))
-    return ContinualResult([e.name for e in exps], matrix, summarize(matrix), scroll_head=head)
-
-
-def _run_training(cfg, model, tok, exps, feats, progress) -> ContinualResult:
-    heads = [_frozen_head(cfg, f, e) for f, e in zip(feats, exps)]
-    model.head = heads[0]
-    theta0 = trainable_state(model)
-    running = theta0
-    experts: list[dict[str, torch.Tensor]] = []
-    ewc = EWCPenalty(cfg.ewc.lam) if cfg.ewc is not None else None
-    matrix: list[list[float | None]] = []
-    for t, exp in enumerate(tqdm(exps, desc="experiences", disable=not progress)):
-        model.head = heads[t]
-        load_trainable(model, theta0 if cfg.strategy == "merge" else running)
-        seed = cfg.seed * 1_000_003 + t
-        batches = local_batch_indices(len(exp.train), cfg.train.batch_size, 1, cfg.train.steps, seed)
-        upd = local_sgd(model, exp.train, tok, batches, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                        corrections=[ewc] if ewc is not None else (), seed=seed)  # fmt: skip
-        if cfg.strategy == "merge":
-            experts.append(upd.state)
-            running = merge_models(cfg.merge, experts, theta0, [1.0] * len(experts), seed=cfg.seed)
-        else:
-            running = upd.state
-        load_trainable(model, running)
-        if ewc is not None:
-            ewc.add_task(_fisher(cfg, model, exp, tok), running)
-        row = []
-        for j in range(t + 1):
-            model.head = heads[j]
-            row.append(evaluate_classifier(model, exps[j].eval, tok, cfg.eval_batch_size).accuracy)
-        matrix.append(row + [None] * (len(exps) - t - 1))
-    return ContinualResult([e.name for e in exps], matrix, summarize(matrix), state=running)
-
-
-def _fisher(cfg: ContinualConfig, model: nn.Module, exp: Experience, tok) -> dict[str, torch.Tensor]:
-    rows = exp.train[: cfg.ewc.samples]
-    g = torch.Generator().manual_seed(cfg.seed)
-    return fisher_diagonal(model, _batches(rows, tok, 1), estimator=cfg.ewc.estimator, generator=g)
-
-
-def _write_output(cfg: ContinualConfig, result: ContinualResult) -> None:
+def _write_output(cfg: ContinualConfig, runs: list[RunResult], report: dict[str, Any]) -> None:
     out = Path(cfg.output.dir)
     stage = work_dir(out)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    report = {"strategy": cfg.strategy, "experiences": result.experiences, "accuracy": result.matrix, **result.summary}
-    (stage / "matrix.json").write_text(json.dumps(report, indent=1))
+    (stage / "results.json").write_text(json.dumps({"report": report["data"], "runs": [r.to_json() for r in runs]}, indent=1))
+    (stage / "table.md").write_text(report["markdown"])
     (stage / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
-    plot_accuracy_matrix([[v if v is not None else 0.0 for v in r] for r in result.matrix], result.experiences,
-                         stage / "accuracy_matrix.png", title=f"Continual ({cfg.strategy}): accuracy after each step")  # fmt: skip
+    write_plots(runs, stage)
     publish(stage, out, cfg.output.overwrite, RUNNER_HINT)
