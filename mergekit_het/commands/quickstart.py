@@ -11,7 +11,8 @@ Runs from any directory: the tasks and the configs it needs ship in the package
   5. federated.yaml       a FedAvg run on austen_book from the same base, for `mergekit-het federated`.
 A re-run skips every step whose output exists and says so; a step is redone when a step it
 depends on was (delete a folder to redo it). Paths in the written configs are relative to the
-folder quickstart ran in (compare.yaml: to its own folder), so the next commands run from there.
+folder quickstart ran in (compare.yaml: to its own folder), so the next commands run from there;
+they are rewritten on every run (from --output and --eval-examples).
 """
 
 from __future__ import annotations
