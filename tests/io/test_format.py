@@ -151,7 +151,7 @@ def _check_one(data: bytes) -> None:
         accepted = False
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert time.perf_counter() - t0 < 1.0 and peak < 16 * 2**20 + 50 * len(data)
+    assert time.perf_counter() - t0 < 3.0 and peak < 16 * 2**20 + 50 * len(data)
     if accepted:
         assert library_accepts(data), data[:200]
 
