@@ -1,0 +1,201 @@
+"""Token-indexed tensors (embeddings, lm_head) brought to one vocabulary before the merge.
+
+A tensor is token-indexed (axis 0 one row per token) when its name is one of `VOCAB_TENSORS`
+or ends with `.` + one of them. With a tokenizer configuration (`tokenizer.py`) every model's
+rows are permuted to the output vocabulary, mergekit 0.1.5's rule (`PermutedVocabulary`):
+
+    row_m[i] = m's own row perm_m[i]      if perm_m[i] >= 0 and token i is not forced
+             = default[i]                 otherwise (the configured or automatic source row)
+    row_m[V..V_pad) = mean(row_m[0..V))   padding up to pad_to_multiple_of
+
+in the promotion of the inputs' dtypes (after `dtype:`); the method then merges the aligned rows
+like any tensor. Without one, token-indexed tensors whose row counts differ are an error naming
+the tensor, or, with `MergeOptions.unsafe_truncate_embeddings`, every model's first min-V rows.
+A model that ties its lm_head to its embeddings (no `lm_head.weight`) reads its embeddings there
+when the reference model has an lm_head.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import TensorError
+from ..io.sources import TensorSource
+from .plan import MergeOptions
+from .tokenizer import Vocabulary, build_vocabulary, tokenizer_source
+
+VOCAB_TENSORS = (
+    "embed_tokens.weight", "lm_head.weight", "word_embeddings.weight", "embed_out.weight", "wte.weight",
+    "tok_embeddings.weight", "cls.predictions.bias", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+)  # fmt: skip
+LM_HEAD, TIED_TO = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def is_vocab_tensor(name: str) -> bool:
+    return any(name == v or name.endswith("." + v) for v in VOCAB_TENSORS)
+
+
+def aligned_rows(vocab: Vocabulary, name: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every model's tensor `name` with its rows in the output vocabulary (module docstring)."""
+    shapes = {tuple(t.shape[1:]) for t in tensors.values()}
+    if len(shapes) > 1:
+        raise TensorError(f"{name}: the models' rows differ in shape ({', '.join(map(str, sorted(shapes)))})")
+    dtype = next(iter(tensors.values())).dtype
+    for t in tensors.values():
+        dtype = torch.promote_types(dtype, t.dtype)
+    tensors = {ref: t.to(dtype) for ref, t in tensors.items()}
+    for ref, t in tensors.items():
+        top = max(vocab.perms[ref], default=-1)
+        if top >= t.shape[0]:
+            raise TensorError(f"{name}: model {ref} has {t.shape[0]} rows but its tokenizer maps a token to row {top}")
+    rows = {i: _default_row(d, vocab, tensors, i) for i, d in vocab.defaults.items()}
+    out = {}
+    for ref, t in tensors.items():
+        perm = torch.tensor(vocab.perms[ref], dtype=torch.long)
+        own = perm >= 0
+        if vocab.forced:
+            own[list(vocab.forced)] = False
+        new = t.new_zeros((vocab.size, *t.shape[1:]))
+        new[: vocab.tokens][own] = t[perm[own]]
+        for i, row in rows.items():
+            if not own[i]:
+                new[i] = row
+        if vocab.size > vocab.tokens:
+            new[vocab.tokens :] = new[: vocab.tokens].mean(dim=0)
+        out[ref] = new
+    return out
+
+
+def _default_row(default: tuple, vocab: Vocabulary, tensors: dict[str, Tensor], i: int) -> Tensor:
+    """The row a model lacking token `i` gets: a model's own row, a given row, zero, or the
+    mean of the present models' rows (summed in model order, then divided, as mergekit does)."""
+    kind = default[0]
+    if kind == "own":
+        return tensors[default[1]][vocab.perms[default[1]][i]]
+    if kind == "row":
+        t = tensors[default[1]]
+        if default[2] >= t.shape[0]:
+            raise TensorError(f"token id {default[2]} is beyond the {t.shape[0]} rows of {default[1]}")
+        return t[default[2]]
+    first = next(iter(tensors.values()))
+    acc = first.new_zeros(first.shape[1:])
+    if kind == "zero":
+        return acc
+    for ref in default[1]:
+        acc = acc + tensors[ref][vocab.perms[ref][i]]
+    return acc / len(default[1])
+
+
+class _Group:
+    """The aligned (or truncated) token-indexed tensors of every model, one tensor name at a time."""
+
+    def __init__(self, sources: dict[str, TensorSource], vocab: Vocabulary | None, cast: torch.dtype | None,
+                 rows: dict[str, int]):  # fmt: skip
+        self.sources, self.vocab, self.cast, self.rows = sources, vocab, cast, rows
+        self._last: tuple[str, dict[str, Tensor]] | None = None
+        self._lock = threading.Lock()
+
+    def source_name(self, ref: str, name: str) -> str:
+        """The tensor a model reads for `name` (its embeddings for a tied lm_head)."""
+        have = self.sources[ref].names()
+        return TIED_TO if name == LM_HEAD and name not in have and TIED_TO in have else name
+
+    def read(self, ref: str, name: str) -> Tensor:
+        if self.vocab is None:  # truncation (or a tied lm_head): the first rows of the model's own tensor
+            return self.sources[ref].read(self.source_name(ref, name))[: self.rows.get(name)]
+        with self._lock:
+            if self._last is None or self._last[0] != name:
+                self._last = None  # the previous group is freed before the next is read
+                inputs = {}
+                for r, src in self.sources.items():
+                    t = src.read(self.source_name(r, name))
+                    inputs[r] = t.to(self.cast) if self.cast is not None and t.is_floating_point() else t
+                self._last = (name, aligned_rows(self.vocab, name, inputs))
+            return self._last[1][ref]
+
+
+class AlignedSource:
+    """A model whose token-indexed tensors come out of a `_Group`; every other tensor as is."""
+
+    def __init__(self, inner: TensorSource, ref: str, group: _Group, shapes: dict[str, tuple[tuple[int, ...], torch.dtype | None]]):
+        self.label, self._inner, self._ref, self._group, self._shapes = inner.label, inner, ref, group, shapes
+
+    def names(self) -> list[str]:
+        names = self._inner.names()
+        tied = LM_HEAD in self._shapes and LM_HEAD not in names and TIED_TO in names
+        return names + [LM_HEAD] if tied else names
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Aligned rows in the promoted dtype; truncated or tied ones in the model's own dtype."""
+        if name not in self._shapes:
+            return self._inner.meta(name)
+        shape, dtype = self._shapes[name]
+        return shape, dtype or self._inner.meta(self._group.source_name(self._ref, name))[1]
+
+    def read(self, name: str, pin_memory: bool = False) -> Tensor:
+        if name not in self._shapes:
+            return self._inner.read(name, pin_memory)
+        t = self._group.read(self._ref, name)
+        return t.pin_memory() if pin_memory else t
+
+    def read_range(self, name: str, start: int, stop: int, pin_memory: bool = False) -> Tensor:
+        if name not in self._shapes or self._group.vocab is None:  # truncated rows are a flat prefix
+            return self._inner.read_range(self._group.source_name(self._ref, name), start, stop, pin_memory)
+        t = self._group.read(self._ref, name).reshape(-1)[start:stop]
+        return t.pin_memory() if pin_memory else t
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def align_sources(sources: dict[str, TensorSource], reference: str, vocab: Vocabulary | None, truncate: bool,
+                  cast: torch.dtype | None) -> tuple[_Group, dict[str, tuple[tuple[int, ...], torch.dtype | None]]] | None:  # fmt: skip
+    """The group that reads the token-indexed tensors of `sources` (by reference) aligned to
+    `vocab`, or checked for equal row counts (truncated to the fewest with `truncate`), and
+    their output shapes; None when nothing needs aligning."""
+    names = [n for n in sources[reference].names() if is_vocab_tensor(n)]
+    group = _Group(sources, vocab, cast, {})
+    metas = {n: {r: src.meta(group.source_name(r, n)) for r, src in sources.items() if group.source_name(r, n) in src.names()}
+             for n in names}  # fmt: skip
+    tied = any(LM_HEAD in names and LM_HEAD not in src.names() for src in sources.values())
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype | None]] = {}
+    for name, by_ref in metas.items():
+        (shape, dtype), counts = by_ref[reference], {r: s[0][0] for r, s in by_ref.items() if s[0]}
+        if vocab is not None:
+            for _, d in by_ref.values():
+                dtype = torch.promote_types(dtype, d)
+            shapes[name] = ((vocab.size, *shape[1:]), cast if cast is not None and dtype.is_floating_point else dtype)
+        elif len(set(counts.values())) > 1:
+            listing = ", ".join(f"{r}: {c}" for r, c in counts.items())
+            if not truncate:
+                raise TensorError(f"{name}: the models' vocabulary sizes differ ({listing} rows); set tokenizer_source "
+                                  "(e.g. union) to align them, or pass --unsafe-truncate-embeddings to keep the first rows")  # fmt: skip
+            group.rows[name] = min(counts.values())
+            warnings.warn(f"{name}: UNSAFE vocabulary truncation to the first {group.rows[name]} rows ({listing})", stacklevel=2)
+            shapes[name] = ((group.rows[name], *shape[1:]), None)
+        elif tied and name == LM_HEAD:
+            shapes[name] = (shape, None)
+    return (group, shapes) if shapes else None
+
+
+def align_vocabularies(cfg: Any, base_ref: str | None, base: TensorSource | None, models: list[TensorSource],
+                       options: MergeOptions, cast: torch.dtype | None) -> tuple[TensorSource | None, list[TensorSource], Vocabulary | None]:  # fmt: skip
+    """The engine's hook: `(base, models, vocabulary)` with token-indexed tensors aligned to the
+    configured output vocabulary (None without a tokenizer configuration); see `align_sources`."""
+    refs = ([base_ref] if base is not None else []) + [e.model for e in cfg.inputs()]
+    opened = ([base] if base is not None else []) + models
+    by_ref: dict[str, TensorSource] = {}
+    for ref, src in zip(refs, opened):
+        by_ref.setdefault(ref, src)  # a model listed twice is read through its first source
+    donor = cfg.base_model or refs[0]
+    vocab = build_vocabulary(cfg, donor, list(by_ref)) if tokenizer_source(cfg) is not None else None
+    aligned = align_sources(by_ref, refs[0], vocab, options.unsafe_truncate_embeddings, cast)
+    if aligned is None:
+        return base, models, vocab
+    wrapped = [AlignedSource(src, ref, *aligned) for ref, src in zip(refs, opened)]
+    return (wrapped[0], wrapped[1:], vocab) if base is not None else (None, wrapped, vocab)
