@@ -64,7 +64,7 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         return {"strategy": self.label, "schedule": self.schedule, "experiences": self.experiences,
                 "class_incremental": self.class_incremental, "task_incremental": self.task_incremental,
-                "final_accuracy": self.final_accuracy, **self.summary,
+                "final_accuracy": self.final_accuracy, "summary": self.summary,
                 **{k: v for k, v in self.artifacts.items() if k in ("accepted", "buffer_counts")}}  # fmt: skip
 
 

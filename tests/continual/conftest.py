@@ -1,4 +1,4 @@
-"""Fixtures for continual tests; the tiny model and synthetic task come from tests/federated."""
+"""Fixtures for continual tests; the tiny model and synthetic 4-class task come from tests/federated."""
 
 from pathlib import Path
 
@@ -22,12 +22,15 @@ def cl_task(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cl_config(cl_bert, cl_task, tmp_path):
+    """A continual config dict on the toy task (4 classes, 12 train / 6 eval each)."""
+
     def make(**over):
         cfg = {
             "model": str(cl_bert),
-            "data": {"task_file": str(cl_task), "max_length": 16},
-            "stream": {"split": "toy", "classes": [[0, 1], [2, 3]]},
-            "train": {"lr": 0.1, "batch_size": 8, "steps": 3},
+            "data": {"task_file": str(cl_task), "tasks": ["toy"], "max_length": 16, "train_per_class": 12, "eval_per_class": 6},
+            "stream": {"by": "classes", "experience_sizes": [[2, 2], [1, 3]], "chunk_sizes": [4, 5], "schedules": 2},
+            "strategies": [{"name": "finetune"}],
+            "train": {"lr": 0.1},
             "eval_batch_size": 64,
             "output": {"dir": str(tmp_path / "out")},
         }
