@@ -1,6 +1,7 @@
 """`mergekit-het quickstart`: runs from any directory, skips finished steps, writes configs the next
 commands take. The real run (minutes) is slow-marked; `bench/quickstart_time.py` times it."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import mergekit_het.evaluate.experiment as experiment
 import mergekit_het.finetune as finetune_pkg
 import mergekit_het.merge.engine as engine
-from mergekit_het.cli import main
+from mergekit_het.cli import COMMANDS, main
 from mergekit_het.commands.quickstart import TASKS
 from mergekit_het.evaluate.config import load_compare_config
 from mergekit_het.federated.config import load_federated_config
@@ -32,14 +33,22 @@ def _refuse(*args, **kwargs):
     raise AssertionError("a finished step was redone")
 
 
-def test_quickstart_rerun_from_another_directory_skips_finished_steps(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def no_heavy_step(monkeypatch):
+    """Fine-tuning, merging and comparing raise. Every command module is imported first: one that
+    binds `run_merge` by name while the patch is on would keep `_refuse` for the rest of the session."""
+    for name in COMMANDS:
+        importlib.import_module(f"mergekit_het.commands.{name}")
+    for module, name in [(finetune_pkg, "finetune"), (engine, "run_merge"), (experiment, "run_comparison")]:
+        monkeypatch.setattr(module, name, _refuse)
+
+
+def test_quickstart_rerun_from_another_directory_skips_finished_steps(tmp_path, monkeypatch, capsys, no_heavy_step):
     out = tmp_path / "qs"
     _finished(out)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # nothing of the project checkout is needed
-    for module, name in [(finetune_pkg, "finetune"), (engine, "run_merge"), (experiment, "run_comparison")]:
-        monkeypatch.setattr(module, name, _refuse)
 
     assert main(["quickstart", "--output", str(out), "--eval-examples", "50"]) == 0
     printed = capsys.readouterr().out
@@ -47,12 +56,10 @@ def test_quickstart_rerun_from_another_directory_skips_finished_steps(tmp_path, 
     assert "| model | acc |" in printed and sorted(p.name for p in elsewhere.iterdir()) == []
 
 
-def test_quickstart_configs_validate_for_the_documented_next_commands(tmp_path, monkeypatch):
+def test_quickstart_configs_validate_for_the_documented_next_commands(tmp_path, monkeypatch, no_heavy_step):
     out = tmp_path / "qs"
     _finished(out)
     monkeypatch.chdir(tmp_path)
-    for module, name in [(finetune_pkg, "finetune"), (engine, "run_merge"), (experiment, "run_comparison")]:
-        monkeypatch.setattr(module, name, _refuse)
     assert main(["quickstart", "--output", "qs", "--eval-examples", "50"]) == 0
 
     merge = load_merge_config(out / "merge_ties.yml")
