@@ -31,3 +31,13 @@ def test_passthrough_scale_multiplies():
 def test_passthrough_bf16_input_round_trips_exactly():
     x = torch.randn(64, generator=torch.Generator().manual_seed(0)).bfloat16()
     assert torch.equal(passthrough(x).bfloat16(), x)
+
+
+def test_passthrough_through_engine_returns_the_state_dict_bitwise():
+    from mergekit_het.merge.engine import merge_state_dicts
+
+    g = torch.Generator().manual_seed(1)
+    sd = {"a.weight": torch.randn(8, 4, generator=g).bfloat16(), "a.bias": torch.randn(8, generator=g).bfloat16(),
+          "pos": torch.arange(5)}
+    out = merge_state_dicts("passthrough", [sd])
+    assert all(torch.equal(out[k], sd[k]) and out[k].dtype == sd[k].dtype for k in sd)

@@ -168,3 +168,17 @@ def test_karcher_three_directions_reach_the_fixed_point():
     # the Karcher mean of e1, e2, e3 is (1,1,1)/√3 by symmetry; each norm is 1
     out = karcher([T([1.0, 0.0, 0.0]), T([0.0, 1.0, 0.0]), T([0.0, 0.0, 1.0])])
     torch.testing.assert_close(out, torch.full((3,), 1 / math.sqrt(3)))
+
+
+def test_nuslerp_through_engine_with_and_without_base_matches_direct_call():
+    from mergekit_het.merge.engine import merge_state_dicts
+
+    g = torch.Generator().manual_seed(3)
+    sds = [{"w": torch.randn(4, 6, generator=g), "b": torch.randn(6, generator=g)} for _ in range(3)]
+    weights = [{"weight": 1.0}, {"weight": 3.0}]
+    with_base = merge_state_dicts("nuslerp", sds[1:], base=sds[0], model_parameters=weights)
+    without = merge_state_dicts("nuslerp", sds[1:], model_parameters=weights)
+    for name in ("w", "b"):
+        one = nuslerp(sds[0][name], [sds[1][name].clone(), sds[2][name].clone()], weight=[1.0, 3.0])
+        assert torch.equal(with_base[name], one)
+        assert torch.equal(without[name], nuslerp(None, [sds[1][name].clone(), sds[2][name].clone()], weight=[1.0, 3.0]))
