@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TensorError
 from ..io.pieces import Key, Pieces, Reader
-from ..io.resolve import check_reference, open_model
+from ..io.resolve import check_reference, local_folder, open_model
+from ..io.statistics import open_statistics
 from ..io.sources import StateDictSource, TensorSource
 from ..io.writer import ShardedWriter, parse_size
 from ..methods import Float32Copies, get_method
@@ -43,7 +44,10 @@ from .binder import bind_parameters
 from .config import MergeConfig
 from .memory import reuse_freed_memory
 from .plan import MergeOptions, MergePlan, NanPolicy, TensorPlan, default_chunk, plan_merge
+from .embeddings import align_vocabularies
 from .side_files import copy_side_files, num_layers_of
+from .slices import as_models, donor_of, opened_models, plan_slices, set_layer_count
+from .tokenizer import write_tokenizer
 
 __all__ = ["MergeOptions", "MergeSummary", "default_chunk", "execute", "merge_state_dicts", "run_merge"]
 
@@ -86,7 +90,7 @@ class _Run:
     def pieces(self, tp: TensorPlan, whole: bool = False) -> Pieces:
         ranges = ((0, tp.numel),) if whole else tp.ranges
         keep = tp.keep_chunks and not whole
-        return Pieces(self.reader, tp.reads, ranges, self.device, self.options.prefetch, keep, self.plan.base is not None)
+        return Pieces(self.reader, tp.reads, ranges, self.device, self.options.prefetch, keep, tp.has_base)
 
 
 class _AsyncWrites:
@@ -120,7 +124,7 @@ def execute(plan: MergePlan, sink: Sink, options: MergeOptions, device: torch.de
     start = time.perf_counter()
     with Reader(options.prefetch, pin=device.type == "cuda") as reader, _AsyncWrites(sink) as writes:
         run = _Run(plan, options, reader, device, summary.warnings)
-        model = _model_statistics(run)
+        model = {**_model_statistics(run), **plan.model_stats}
         tensors = plan.tensors
         for i, tp in enumerate(tqdm(tensors, unit="tensor", desc="merging", disable=not options.progress)):
             then = _first_key(tensors[i + 1]) if i + 1 < len(tensors) else None
@@ -147,7 +151,7 @@ def _model_statistics(run: _Run) -> dict[str, Any]:
         for j, tp in enumerate(tqdm(tensors, unit="tensor", desc=desc, disable=not run.options.progress)):
             then = (tensors[j + 1].reads, 0, tensors[j + 1].numel) if j + 1 < len(tensors) else None
             for _, _, raw in run.pieces(tp, whole=True)(then):
-                inputs = _float_inputs(plan, [t.view(tp.shape) for t in raw])
+                inputs = _float_inputs(tp.has_base, [t.view(tp.shape) for t in raw])
                 if inputs is not None:
                     try:
                         mp.update(state, *inputs, tp.kwargs, model)
@@ -159,19 +163,21 @@ def _model_statistics(run: _Run) -> dict[str, Any]:
 
 def _merge_tensor(run: _Run, tp: TensorPlan, model: Mapping[str, Any], then: Key | None) -> Iterator[tuple[int, Tensor, int]]:
     """Merge one output tensor piece by piece: (first flat element, merged piece, bytes read)."""
-    method, pieces = run.plan.method, run.pieces(tp)
+    method, pieces = tp.method or run.plan.method, run.pieces(tp)
     stats = TensorStats(model=model) if model else WHOLE
     if tp.prepare is not None:
         try:
             stats = replace(tp.prepare(pieces.chunks), model=model)
         except (ValueError, RuntimeError) as exc:
             raise TensorError(f"{tp.name}: {method.name} failed: {exc}") from None
+    if tp.stat_reads:
+        stats = replace(stats, inputs=_read_statistics(tp, run.device))
     generator = _generator(run.options.seed, tp.name, run.device) if "generator" in method.takes else None
     for first, _, raw in pieces(then):
         if tp.prepare is None:
             raw = [t.view(tp.shape) for t in raw]
         nbytes = sum(t.numel() * t.element_size() for t in raw)
-        inputs = _float_inputs(run.plan, raw)
+        inputs = _float_inputs(tp.has_base, raw)
         if inputs is None:
             if any(not torch.equal(raw[0], t) for t in raw[1:]):
                 raise TensorError(f"{tp.name}: non-float tensor differs between models; it cannot be merged")
@@ -187,12 +193,18 @@ def _merge_tensor(run: _Run, tp: TensorPlan, model: Mapping[str, Any], then: Key
         yield first, out, nbytes
 
 
-def _float_inputs(plan: MergePlan, raw: list[Tensor]) -> tuple[Tensor | None, Float32Copies] | None:
+def _read_statistics(tp: TensorPlan, device: torch.device) -> dict[str, tuple[Tensor | None, ...]]:
+    """Each model's statistics tensors of `tp` (whole, float32 on `device`; None where absent)."""
+    return {kind: tuple(None if r is None else as_compute_dtype(r[0].read(r[1])).to(device) for r in reads)
+            for kind, reads in tp.stat_reads}  # fmt: skip
+
+
+def _float_inputs(has_base: bool, raw: list[Tensor]) -> tuple[Tensor | None, Float32Copies] | None:
     """(base, tensors), arithmetic in float32 (the base converted, the models converted as the
     method reads them); None for non-float tensors."""
     if not raw[0].is_floating_point():
         return None
-    if plan.base is not None:
+    if has_base:
         return as_compute_dtype(raw[0]), Float32Copies(raw[1:])
     return None, Float32Copies(raw)
 
@@ -272,7 +284,8 @@ def run_merge(
     if `out` is None (`summary.state`). `finalize(staging_folder)` may add files before the
     folder is moved into place."""
     options = options or MergeOptions()
-    for ref in [m.model for m in cfg.inputs()] + ([cfg.base_model] if cfg.base_model else []):
+    cfg = as_models(cfg)
+    for ref in cfg.referenced_models():
         check_reference(ref)
     if out is not None:
         check_output(Path(out), options.overwrite)
@@ -280,16 +293,9 @@ def run_merge(
     device = _device(options)
     if out is not None:  # the model card's huggingface_hub stack (0.3 s of imports) loads while the merge runs
         threading.Thread(target=importlib.import_module, args=("mergekit_het.hub.card",), daemon=True).start()
-    base_ref = cfg.base_model if cfg.method.base != "none" else None
-    layers_from = base_ref or cfg.models[0].model
-    inputs = cfg.inputs()
-    binding = bind_parameters(cfg.method, cfg.parameters, [e.parameters for e in inputs], "merge config",
-                              model_labels=[f"models[{cfg.models.index(e)}] ({e.model}).parameters" for e in inputs],
-                              num_layers=num_layers_of(layers_from))  # fmt: skip
-    with _opened(cfg, base_ref, options.allow_pickle) as (base, models):
-        plan = plan_merge(cfg.method, base, models, binding, options, device, cfg.torch_dtype("dtype"), cfg.torch_dtype("out_dtype"))
+    with _planned(cfg, options, device) as (plan, donor, vocab, layers):
         if not plan.tensors:
-            raise TensorError(f"{layers_from}: no tensors to merge (the checkpoint or its index is empty)")
+            raise TensorError(f"{donor}: no tensors to merge (the checkpoint or its index is empty)")
         if out is None:
             sink = _StateSink(plan)
             summary = execute(plan, sink.write, options, device)
@@ -298,9 +304,12 @@ def run_merge(
         out = Path(out)
         with staged_output(out, options.overwrite) as staging:
             summary = _write_shards(plan, staging, options, device, max_shard)
-            side_from = layers_from if cfg.tokenizer_source in (None, "base") else cfg.tokenizer_source
-            copy_side_files(side_from, staging, {tp.name: tp.out_dtype for tp in plan.tensors}, copy_tokenizer=options.copy_tokenizer)
-            _write_config_and_card(cfg, staging, out.name, config_text)
+            copy_side_files(donor, staging, {tp.name: tp.out_dtype for tp in plan.tensors}, copy_tokenizer=options.copy_tokenizer)
+            if layers is not None:
+                set_layer_count(staging, donor, layers)
+            write_tokenizer(vocab, cfg, staging, cfg.base_model or donor, options.copy_tokenizer)
+            if options.write_card:
+                _write_config_and_card(cfg, staging, out.name, config_text)
             if finalize is not None:
                 finalize(staging)
         summary.out = out
@@ -308,17 +317,43 @@ def run_merge(
 
 
 @contextmanager
-def _opened(cfg: MergeConfig, base_ref: str | None, allow_pickle: bool) -> Iterator[tuple[TensorSource | None, list[TensorSource]]]:
-    """The base (None for a method without one) and the models, opened lazily; closed on exit."""
+def _planned(cfg: MergeConfig, options: MergeOptions, device: torch.device) -> Iterator[tuple[MergePlan, str, Any, int | None]]:
+    """(plan, donor of the side files, output vocabulary, output layer count) of `cfg` over its
+    opened sources (closed on exit); the layer count only for `slices:` (None: the donor's)."""
+    if cfg.slices is not None:
+        with opened_models(cfg, options.allow_pickle) as models:
+            plan, layers = plan_slices(cfg, models, options, device)
+            yield plan, donor_of(cfg), None, layers
+        return
+    base_ref = cfg.base_model if cfg.method.base != "none" else None
+    layers_from = base_ref or cfg.models[0].model
+    inputs = cfg.inputs()
+    binding = bind_parameters(cfg.method, cfg.parameters, [e.parameters for e in inputs], "merge config",
+                              model_labels=[f"models[{cfg.models.index(e)}] ({e.model}).parameters" for e in inputs],
+                              num_layers=num_layers_of(layers_from))  # fmt: skip
+    with _opened(cfg, base_ref, options.allow_pickle) as (base, models, statistics):
+        base, models, vocab = align_vocabularies(cfg, base_ref, base, models, options, cfg.torch_dtype("dtype"))
+        plan = plan_merge(cfg.method, base, models, binding, options, device, cfg.torch_dtype("dtype"),
+                          cfg.torch_dtype("out_dtype"), statistics)  # fmt: skip
+        yield plan, layers_from, vocab, None
+
+
+@contextmanager
+def _opened(cfg: MergeConfig, base_ref: str | None, allow_pickle: bool) -> Iterator[tuple[TensorSource | None, list[TensorSource], list[TensorSource] | None]]:
+    """The base (None for a method without one), the models and, for a method with
+    `statistics`, each model's statistics file, opened lazily; closed on exit."""
     opened: list[TensorSource] = []
     try:
         base = open_model(base_ref, allow_pickle=allow_pickle) if base_ref else None
         opened += [base] if base else []
-        models = []
+        models, statistics = [], []
         for entry in cfg.inputs():
             models.append(open_model(entry.model, base=cfg.base_model, allow_pickle=allow_pickle))
             opened.append(models[-1])
-        yield base, models
+            if cfg.method.statistics:
+                statistics.append(open_statistics(local_folder(entry.model), cfg.method.statistics, entry.model))
+                opened.append(statistics[-1])
+        yield base, models, (statistics if cfg.method.statistics else None)
     finally:
         for src in opened:
             src.close()
@@ -344,7 +379,7 @@ def _write_config_and_card(cfg: MergeConfig, folder: Path, title: str, config_te
     config = cfg.model_dump(exclude_none=True)
     text = config_text or json.dumps(config, indent=2)
     (folder / "mergekit_config.yml").write_text(text)
-    write_merge_card(folder, text, config, cfg.base_model, [m.model for m in cfg.models], cfg.merge_method, title=title)
+    write_merge_card(folder, text, config, cfg.base_model, cfg.referenced_models(), cfg.merge_method, title=title)
 
 
 def merge_state_dicts(
@@ -358,11 +393,13 @@ def merge_state_dicts(
     seed: int = 0,
     num_layers: int | None = None,
     progress: bool = False,
+    statistics: list[Mapping[str, Tensor]] | None = None,
 ) -> dict[str, Tensor]:
     """Merge in-memory state dicts with a registered method (same binder, engine and semantics
     as files): every parameter is checked against the method's schema (`binder.py`; one
     `ConfigError` lists every problem). Arithmetic runs in float32 on `device`; outputs keep
-    the base's (else first model's) dtypes and live on the CPU."""
+    the base's (else first model's) dtypes and live on the CPU. `statistics`: each model's
+    merge statistics (`io/statistics.py` names), for methods that read them (regmean, fisher)."""
     m = get_method(method)
     if m.base == "required" and base is None:
         raise ConfigError(f"merge_method '{method}' needs a base state dict")
@@ -374,7 +411,8 @@ def merge_state_dicts(
     base_src = StateDictSource(base, "base") if base is not None and m.base != "none" else None
     options = MergeOptions(device=device, seed=seed, prefetch=0, progress=progress)
     dev = _device(options)
-    plan = plan_merge(m, base_src, sources, binding, options, dev)
+    stats = [open_statistics(st, m.statistics, f"model[{i}]") for i, st in enumerate(statistics)] if statistics and m.statistics else None
+    plan = plan_merge(m, base_src, sources, binding, options, dev, statistics=stats)
     sink = _StateSink(plan)
     execute(plan, sink.write, options, dev)
     return sink.state

@@ -112,11 +112,15 @@ class TensorStats:
 
     `start`: the first flat element of the chunk (0 for a whole tensor); `trims`: per model, the
     whole tensor's `sparsify.Trim` (a chunked TIES merge; None: compute it from the input);
-    `model`: model-wide statistics, the outputs of the method's `passes`."""
+    `model`: model-wide statistics, the outputs of the method's `passes` and, for a method
+    with `statistics`, each kind's per-model counts (`io.statistics.model_statistics`, lists);
+    `inputs`: for a method with `statistics`, per kind one float32 tensor per model read from
+    the model's statistics file beside this tensor (None where that file lacks it)."""
 
     start: int = 0
     trims: tuple[Any, ...] | None = None
     model: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, tuple[Tensor | None, ...]] = field(default_factory=dict)
 
 
 WHOLE = TensorStats()
@@ -201,6 +205,7 @@ class MergeMethod:
     doc: str = ""
     passes: tuple[ModelPass, ...] = ()
     chunked: ChunkedForm | None = None
+    statistics: tuple[str, ...] = ()  # kinds of per-model statistics read with each tensor (`gram`, `fisher`)
 
     @property
     def per_model_params(self) -> dict[str, Param]:
@@ -269,10 +274,12 @@ def merge_method(
     max_models: int | None = None,
     passes: tuple[ModelPass, ...] = (),
     chunked: ChunkedForm | None = None,
+    statistics: tuple[str, ...] = (),
 ):
     """Register `fn` under `name`, its signature its schema; `passes` compute model statistics
     before the merge (see `ModelPass`), `chunked` lets the engine run it chunk by chunk (see
-    `ChunkedForm`)."""
+    `ChunkedForm`), `statistics` names the per-model statistics (`io/statistics.py` kinds) the
+    engine reads beside each tensor into `TensorStats.inputs`."""
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in METHODS:
@@ -280,6 +287,7 @@ def merge_method(
         METHODS[name] = MergeMethod(
             name=name, fn=fn, base=base, paper=paper, params=_schema(fn), min_models=min_models,
             max_models=max_models, doc=inspect.getdoc(fn) or "", passes=passes, chunked=chunked,
+            statistics=statistics,
         )  # fmt: skip
         return fn
 
