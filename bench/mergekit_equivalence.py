@@ -85,7 +85,7 @@ CASES = [
     Case("multislerp", "multislerp", (1, 2, 3), model_params=W3),
     Case("multislerp_no_base", "multislerp", (1, 2, 3), base=False, model_params=W3, params={"normalize_weights": False}),
     Case("karcher", "karcher", (1, 2, 3), base=False),
-    Case("karcher_with_base_listed", "karcher", (0, 1, 2, 3), params={"max_iter": 20, "tol": 1e-6}),
+    Case("karcher_with_base", "karcher", (1, 2, 3), params={"max_iter": 20, "tol": 1e-6}),
     Case("sce", "sce", (1, 2, 3)),
     Case("sce_topk", "sce", (1, 2, 3), params={"select_topk": 0.3}),
     Case("nearswap", "nearswap", (1,), params={"t": 0.001}),

@@ -151,8 +151,11 @@ def karcher_mean(tensors: Sequence[Tensor], alphas: Sequence[float], max_iter: i
     return sum(a * n for a, n in zip(alphas, norms)) * u
 
 
-@merge_method("karcher", paper="arXiv:2603.04972", base="none")
-def karcher(base: None, tensors: Sequence[Tensor], *, max_iter: int = 10, tol: float = 1e-5) -> Tensor:
-    """The Karcher mean of all models with equal weights 1/n (see `karcher_mean`); mergekit 0.1.5
-    ignores the base policy, so a base model takes part only if listed under `models`."""
-    return karcher_mean(list(tensors), [1.0 / len(tensors)] * len(tensors), max_iter=max_iter, tol=tol)
+@merge_method("karcher", paper="arXiv:2603.04972", base="optional")
+def karcher(base: Tensor | None, tensors: Sequence[Tensor], *, max_iter: int = 10, tol: float = 1e-5) -> Tensor:
+    """The Karcher mean of all inputs with equal weights 1/n (see `karcher_mean`). mergekit 0.1.5
+    ignores the base policy: a `base_model` is one more input, after the models (where mergekit
+    appends a base missing from `models`; a base listed among them moves last here, which can
+    change the result by float rounding only)."""
+    inputs = list(tensors) + ([base] if base is not None else [])
+    return karcher_mean(inputs, [1.0 / len(inputs)] * len(inputs), max_iter=max_iter, tol=tol)

@@ -142,7 +142,12 @@ def karcher(tensors, **params):
 def test_karcher_schema_mergekit_names_and_defaults():
     p = get_method("karcher").params
     assert {k: v.default for k, v in p.items()} == {"max_iter": 10, "tol": 1e-5}
-    assert get_method("karcher").base == "none"
+    assert get_method("karcher").base == "optional"
+
+
+def test_karcher_base_is_one_more_input():
+    a, b, base = T([1.0, 0.0]), T([0.0, 2.0]), T([3.0, 3.0])
+    torch.testing.assert_close(get_method("karcher").apply(base, [a, b]), karcher([a, b, base]))
 
 
 def test_karcher_orthogonal_pair_hand_value():
