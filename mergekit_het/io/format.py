@@ -92,7 +92,8 @@ def parse_header(blob: bytes, data_len: int, where: str) -> tuple[dict[str, Entr
     header = load_json(blob, where, "safetensors header")
     if not isinstance(header, dict):
         raise TensorError(f"{where}: safetensors header is a JSON {_kind(header)}, not an object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata  # null is allowed, as by the library
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise TensorError(f"{where}: __metadata__ must map strings to strings (got {excerpt(metadata)})")
     entries = {name: _entry(info, where, f"tensor {excerpt(name, 80)}", data_len) for name, info in header.items()}

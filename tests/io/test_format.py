@@ -63,6 +63,7 @@ CASES = {
     "trailing bytes": ({"a": T}, bytes(12), "tensors cover 8 data bytes, the file holds 12"),
     "truncated": ({"a": T}, bytes(4), "truncated shard"),
     "metadata not str->str": ({"__metadata__": {"k": 1}, "a": T}, bytes(8), "__metadata__ must map strings"),
+    "metadata an empty list": ({"__metadata__": [], "a": T}, bytes(8), "__metadata__ must map strings"),  # found by the fuzz test
     "entry is a number": ({"a": 3}, b"", "entry is a JSON number"),
 }
 
