@@ -177,3 +177,32 @@ def test_mean_of_present_rows_without_base():
     assert out["p"].flatten().tolist() == [1.0, 2.0]
     assert out["q"].flatten().tolist() == [5.0, 4.5]  # own row 1 for token 0; mean(2, 7) for token 1
     assert out["r"].flatten().tolist() == [3.0, 7.0]  # mean(1, 5) for token 0; own row 0 for token 1
+
+
+def _save_bert(folder: Path, tokens: list[str], embed0: float) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tokens), hidden_size=H, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=8, max_position_embeddings=16)  # fmt: skip
+    model = BertModel(cfg)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.copy_(embed0 + torch.arange(len(tokens), dtype=torch.float32)[:, None])
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def test_union_of_bert_tokenizers(tmp_path):
+    """mergekit 0.1.5 fails on every BertModel merge; a union of two WordPiece vocabularies here."""
+    from transformers import AutoModel, AutoTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    a = _save_bert(tmp_path / "A", specials + ["a", "b", "c"], 10)
+    b = _save_bert(tmp_path / "B", specials + ["b", "x", "a"], 20)
+    out = _merge(tmp_path, {"A": a, "B": b}, tokenizer_source="union")
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok("a x c")["input_ids"] == [2, 5, 8, 7, 3]  # [CLS] a x c [SEP]: x appended after A's vocabulary
+    # specials (same ids) and shared tokens (a: A 5, B 7; b: A 6, B 5): means; c: A's row; x: B's row
+    assert _rows(out, "embeddings.word_embeddings.weight") == [15.0, 16.0, 17.0, 18.0, 19.0, 21.0, 20.5, 17.0, 26.0]
+    assert AutoModel.from_pretrained(str(out)).embeddings.word_embeddings.weight.shape[0] == 9
