@@ -50,10 +50,71 @@ def task_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     return logits
 
 
-def _single(batch: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-    """Example i of a padded batch, with its padding cut off (right padding)."""
-    n = int(batch["attention_mask"][i].sum())
-    return {k: v[i : i + 1, :n] if v.ndim == 2 else v[i : i + 1] for k, v in batch.items() if k != "labels"}
+def _functional(model: nn.Module, params: dict[str, nn.Parameter], logits_fn: Callable, length: int,
+                device: torch.device) -> Callable:  # fmt: skip
+    """logits(values, example) of one unpadded example of `length` tokens (`example`: its
+    unbatched rows, e.g. input_ids), the scored parameters given as `values`, every other
+    parameter and buffer fixed. The attention mask is a constant of ones, shared by every
+    example under vmap (a vmapped mask would reach the data-dependent checks of HF's mask code)."""
+    from torch.func import functional_call
+
+    fixed = {**dict(model.named_buffers()), **{n: p.detach() for n, p in model.named_parameters() if n not in params}}
+    ones = torch.ones(1, length, dtype=torch.long, device=device)
+
+    def logits(values: dict[str, torch.Tensor], example: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {**{k: v.unsqueeze(0) for k, v in example.items()}, "attention_mask": ones}
+        call = lambda **kw: functional_call(model, {**fixed, **values}, args=(), kwargs=kw)  # noqa: E731
+        return logits_fn(call, batch)[0]
+
+    return logits
+
+
+def length_groups(batch: dict[str, torch.Tensor]) -> dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Examples of a right-padded batch grouped by real length n: {n: (their rows, their inputs
+    cut to n tokens, the attention mask left out)}."""
+    lengths = [int(m) for m in batch["attention_mask"].sum(dim=1).tolist()]
+    groups = {}
+    for n in sorted(set(lengths)):
+        rows = torch.tensor([i for i, m in enumerate(lengths) if m == n])
+        inputs = {k: v[rows.to(v.device), :n] if v.ndim == 2 else v[rows.to(v.device)] for k, v in batch.items()
+                  if k not in ("labels", "attention_mask")}  # fmt: skip
+        groups[n] = (rows, inputs)
+    return groups
+
+
+def per_example_grads(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    length: int,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    logits_fn: Callable = task_logits,
+) -> dict[str, torch.Tensor]:
+    """∂ target(logits of example i, labels[i]) / ∂θ for every example i of `inputs` (all of
+    `length` real tokens) at once, (len(labels), *shape) per parameter:
+    `torch.func.vmap(grad(...))` over `functional_call`."""
+    from torch.func import grad, vmap
+
+    logits = _functional(model, params, logits_fn, length, labels.device)
+    values = {n: p.detach() for n, p in params.items()}
+    one = lambda v, example, label: target(logits(v, example), label)  # noqa: E731
+    return vmap(grad(one), in_dims=(None, 0, 0))(values, inputs, labels)
+
+
+def per_example_logits(model: nn.Module, params: dict[str, nn.Parameter], length: int, inputs: dict[str, torch.Tensor],
+                       logits_fn: Callable = task_logits) -> torch.Tensor:  # fmt: skip
+    """The logits of every example of `inputs` (all of `length` real tokens), each computed alone."""
+    from torch.func import vmap
+
+    device = next(iter(inputs.values())).device
+    logits = _functional(model, params, logits_fn, length, device)
+    with torch.no_grad():
+        return vmap(logits, in_dims=(None, 0))({n: p.detach() for n, p in params.items()}, inputs)
+
+
+def _logit_of(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    return logits.gather(0, label.unsqueeze(0))[0]
 
 
 def sensitivity_scores(
@@ -64,28 +125,38 @@ def sensitivity_scores(
     samples: int = 1,
     logits_fn: Callable = task_logits,
     progress: bool = False,
+    chunk: int = 32,
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
     """TaLoS scores (float32, one per entry of each parameter) and the sampled labels, in order.
 
-    Labels are drawn on CPU with `generator` from softmax of the example's logits (float64), so a
-    fixed seed gives the same labels on any device."""
+    Per batch, its examples grouped by length (`length_groups`), each example alone (its padding
+    cut off): the logits of all, then labels drawn on CPU with `generator` from softmax of each
+    example's logits (float64) in batch order, so a fixed seed gives the same labels on any
+    device; then the gradients of the sampled logits, `chunk` (example, label) pairs at a time
+    (`per_example_grads`), squared and summed. Equal to a per-example autograd loop up to float32
+    round-off (batched kernels; tests/finetune/test_talos.py)."""
     was_training = model.training
     model.eval()
     scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     sampled: list[int] = []
-    plist = list(params.values())
     for batch in tqdm(batches, desc="talos scores", disable=not progress, leave=False):
-        n_ex = batch["input_ids"].shape[0]
-        for i in range(n_ex):
-            logits = logits_fn(model, _single(batch, i))[0]
-            probs = torch.softmax(logits.detach().double().cpu(), dim=-1)
+        groups = length_groups(batch)
+        logits = torch.empty(batch["input_ids"].shape[0], 0, dtype=torch.float64)
+        for n, (rows, inputs) in groups.items():
+            got = per_example_logits(model, params, n, inputs, logits_fn).double().cpu()
+            logits = logits if logits.shape[1] else torch.empty(len(logits), got.shape[1], dtype=torch.float64)
+            logits[rows] = got
+        probs = torch.softmax(logits, dim=-1)
+        labels = torch.tensor([[int(torch.multinomial(p, 1, generator=generator)) for _ in range(samples)] for p in probs])
+        sampled += labels.flatten().tolist()
+        for n, (rows, inputs) in groups.items():
             for r in range(samples):
-                y = int(torch.multinomial(probs, 1, generator=generator))
-                sampled.append(y)
-                grads = torch.autograd.grad(logits[y], plist, retain_graph=r + 1 < samples, allow_unused=True)
-                for (name, _), g in zip(params.items(), grads, strict=True):
-                    if g is not None:
-                        scores[name] += g.float().square()
+                y = labels[rows, r].to(batch["input_ids"].device)
+                for s0 in range(0, len(rows), chunk):
+                    part = {k: v[s0 : s0 + chunk] for k, v in inputs.items()}
+                    grads = per_example_grads(model, params, n, part, y[s0 : s0 + chunk], _logit_of, logits_fn)
+                    for name, g in grads.items():
+                        scores[name] += g.float().square().sum(0)
     model.train(was_training)
     return scores, sampled
 

@@ -1,10 +1,18 @@
 """TaLoS: closed-form score on a linear model, global low-score masks, nested schedule, masked AdamW."""
 
+import pytest
 import torch
 from torch import nn
 
 from mergekit_het.finetune.optim import MaskedAdamW
-from mergekit_het.finetune.talos import calibrate_masks, mask_fraction, prune_step, sensitivity_scores
+from mergekit_het.finetune.talos import (
+    calibrate_masks,
+    mask_fraction,
+    prunable_parameters,
+    prune_step,
+    sensitivity_scores,
+    task_logits,
+)
 
 
 class Linear(nn.Module):
@@ -103,3 +111,63 @@ def test_masked_adamw_frozen_entries_bit_identical_after_many_steps():
     delta = p.detach() - theta0
     assert torch.equal(p.detach()[~mask], theta0[~mask])
     assert bool((delta[mask] != 0).all())
+
+
+def _loop_scores(model, params, batches, generator, samples=1):
+    """The per-example autograd loop TaLoS calibration used before `torch.func` (the reference)."""
+    model.eval()
+    scores = {n: torch.zeros_like(p) for n, p in params.items()}
+    ys = []
+    for batch in batches:
+        for i in range(batch["input_ids"].shape[0]):
+            n = int(batch["attention_mask"][i].sum())
+            one = {k: v[i : i + 1, :n] for k, v in batch.items()}
+            logits = task_logits(model, one)[0]
+            probs = torch.softmax(logits.detach().double(), dim=-1)
+            for r in range(samples):
+                y = int(torch.multinomial(probs, 1, generator=generator))
+                ys.append(y)
+                grads = torch.autograd.grad(logits[y], list(params.values()), retain_graph=r + 1 < samples, allow_unused=True)
+                for name, g in zip(params, grads):
+                    if g is not None:
+                        scores[name] += g.square()
+    return scores, ys
+
+
+def _tiny(kind, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from finetune_fixtures import make_bert, make_gpt2, make_tokenizer
+
+    from mergekit_het.models.classifier import PooledClassifier
+    from mergekit_het.models.encoder import load_causal_lm, load_encoder
+
+    if kind == "bert":
+        model = PooledClassifier(load_encoder(make_bert(tmp_path / "b")), 3)
+    else:
+        model = load_causal_lm(make_gpt2(tmp_path / "g"))
+    tok = make_tokenizer()
+    texts = ["w1 w2 w3", "w5 w6", "w7 w8 w9 w10 w11", "w3", "w20 w21 w22", "w9 w8"]
+    return model, [dict(tok(texts[:4], padding=True, return_tensors="pt")), dict(tok(texts[4:], padding=True, return_tensors="pt"))]
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_vectorized_scores_match_the_per_example_loop_and_masks_identical(kind, tmp_path):
+    import warnings
+
+    model, batches = _tiny(kind, tmp_path)
+    params = prunable_parameters(model)
+    ref, ys_ref = _loop_scores(model, params, batches, torch.Generator().manual_seed(3), samples=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # vmap's fallback note for SDPA on CPU
+        got, ys = sensitivity_scores(model, params, batches, torch.Generator().manual_seed(3), samples=2, chunk=3)
+    assert ys == ys_ref
+    for name in params:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-9)
+    live = [n for n in params if bool(ref[n].any())]
+    start = {n: torch.ones_like(params[n], dtype=torch.bool) for n in live}
+    got_masks = prune_step({n: got[n] for n in live}, start, 0.3)
+    ref_masks = prune_step({n: ref[n] for n in live}, start, 0.3)
+    assert all(torch.equal(got_masks[n], ref_masks[n]) for n in live)
