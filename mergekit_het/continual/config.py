@@ -51,22 +51,24 @@ class DataConfig(StrictModel):
 
 class StreamConfig(StrictModel):
     """How schedule k cuts the pool: `by: classes` shuffles all classes with seed + k and cuts
-    them into `experience_sizes[k mod len]` experiences; `by: tasks` makes one experience per task,
-    in an order drawn from seed + k. Learners see each experience once, in online chunks of
-    `chunk_sizes[k mod len]` examples."""
+    them into experiences of `experience_sizes[k mod len]` classes (or `experiences` near-equal
+    ones, for a task file whose class count is not known in advance); `by: tasks` makes one
+    experience per task, in an order drawn from seed + k. Learners see each experience in
+    online chunks of `chunk_sizes[k mod len]` examples."""
 
     by: Literal["classes", "tasks"] = "classes"
     experience_sizes: list[list[int]] = []
+    experiences: int | None = Field(None, ge=1)
     chunk_sizes: list[int] = Field([16], min_length=1)
     schedules: int = Field(5, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
     def _sizes(self) -> "StreamConfig":
-        if self.by == "classes" and not self.experience_sizes:
-            raise ValueError("stream.by: classes needs stream.experience_sizes (classes per experience)")
-        if self.by == "tasks" and self.experience_sizes:
-            raise ValueError("stream.experience_sizes applies to stream.by: classes, not tasks")
+        if self.by == "classes" and bool(self.experience_sizes) == (self.experiences is not None):
+            raise ValueError("stream.by: classes needs exactly one of stream.experience_sizes or stream.experiences")
+        if self.by == "tasks" and (self.experience_sizes or self.experiences is not None):
+            raise ValueError("stream.experience_sizes / stream.experiences apply to stream.by: classes, not tasks")
         if any(not s or min(s) < 1 for s in self.experience_sizes) or min(self.chunk_sizes) < 1:
             raise ValueError("stream.experience_sizes and stream.chunk_sizes must hold positive numbers")
         lengths = {len(s) for s in self.experience_sizes}

@@ -102,7 +102,13 @@ def class_groups(cfg: ContinualConfig, pool: Pool, k: int) -> list[list[int]]:
     if s.by == "tasks":
         order = torch.randperm(len(pool.tasks), generator=g).tolist()
         return [[c for c in range(pool.num_classes) if pool.task_of[c] == t] for t in order]
-    sizes = s.experience_sizes[k % len(s.experience_sizes)]
+    if s.experiences is not None:
+        if s.experiences > pool.num_classes:
+            raise ConfigError(f"stream.experiences: {s.experiences} experiences need at least as many classes; the pool has {pool.num_classes}")
+        q, r = divmod(pool.num_classes, s.experiences)
+        sizes = [q + 1] * r + [q] * (s.experiences - r)
+    else:
+        sizes = s.experience_sizes[k % len(s.experience_sizes)]
     if sum(sizes) != pool.num_classes:
         raise ConfigError(f"stream.experience_sizes {sizes} sum to {sum(sizes)}, but the pool has {pool.num_classes} classes")
     order = torch.randperm(pool.num_classes, generator=g).tolist()

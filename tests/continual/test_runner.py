@@ -67,7 +67,9 @@ def test_merge_linear_of_two_experts_is_their_mean(cl_config, tmp_path):
 @pytest.mark.parametrize("over,msg", [
     ({"stream": {"by": "classes", "experience_sizes": [[2, 1]]}}, "sum to 3"),
     ({"stream": {"by": "classes", "experience_sizes": [[2, 2], [4]]}}, "same number of experiences"),
-    ({"stream": {"by": "tasks", "experience_sizes": [[4]]}}, "applies to stream.by: classes"),
+    ({"stream": {"by": "tasks", "experience_sizes": [[4]]}}, "apply to stream.by: classes"),
+    ({"stream": {"by": "classes", "experiences": 5}}, "at least as many classes"),
+    ({"stream": {"by": "classes"}}, "exactly one of"),
     ({"strategies": [{"name": "finetune"}, {"name": "finetune"}]}, "listed twice"),
     ({"strategies": [{"name": "merge", "method": "tie"}]}, "tie"),
     ({"strategies": [{"name": "sgd"}]}, "sgd"),

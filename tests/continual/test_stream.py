@@ -22,3 +22,9 @@ def test_schedules_reorder_and_cut_the_same_pool(cl_config):
         for e in s.experiences:
             assert {pool.train[u]["labels"] for u in e.train} == set(e.classes)
     assert len({tuple(tuple(e.classes) for e in s.experiences) for s in scheds}) > 1
+
+
+def test_experiences_cut_near_equal(cl_config):
+    cfg = load_continual_config(cl_config(stream={"by": "classes", "experiences": 3, "schedules": 2}))
+    pool = build_pool(cfg, load_tokenizer(cfg.model))
+    assert [[len(e.classes) for e in s.experiences] for s in schedules(cfg, pool)] == [[2, 1, 1], [2, 1, 1]]
