@@ -38,27 +38,34 @@ class ParameterWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Binding:
-    """A method's parameters, checked: `for_tensor(name)` gives the function's keywords."""
+    """A method's parameters, checked: `for_tensor(name)` gives the function's keywords.
+    `fallback_specs` is a lower level of global settings (a slice's `global_specs` fall back to
+    the top-level `parameters`: mergekit's source > slice > top level > default)."""
 
     method: MergeMethod
     global_specs: Mapping[str, Any]
     model_specs: Sequence[Mapping[str, Any]]
     num_layers: int | None = None
+    fallback_specs: Mapping[str, Any] | None = None
 
-    def for_tensor(self, name: str) -> dict[str, Any]:
+    def for_tensor(self, name: str, t: float | None = None, source_names: Sequence[str] | None = None) -> dict[str, Any]:
         """Keyword arguments (Python names: `lambda_`) for tensor `name`: per-model parameters as
-        one value per model, globals as one value (model → global → default)."""
-        t = layer_position(name, self.num_layers)
+        one value per model, globals as one value (model → global → fallback → default). `t` is
+        the layer position (default: from `name` and `num_layers`); `source_names` the tensor's
+        name in each model, which per-model filters match (mergekit: shared parameters see the
+        output name, per-input ones their input's own name; they differ when slices renumber)."""
+        t = layer_position(name, self.num_layers) if t is None else t
+        names = list(source_names) if source_names is not None else [name] * len(self.model_specs)
         out: dict[str, Any] = {}
         for key, p in self.method.params.items():
             if p.per_model:
-                out[p.kwarg] = [self._value(p, name, t, specs) for specs in self.model_specs]
+                out[p.kwarg] = [self._value(p, own_name, t, specs) for own_name, specs in zip(names, self.model_specs)]
             else:
                 out[p.kwarg] = self._value(p, name, t, {})
         return out
 
     def _value(self, p: Param, name: str, t: float, own: Mapping[str, Any]) -> Any:
-        for specs in (own, self.global_specs):
+        for specs in (own, self.global_specs, self.fallback_specs or {}):
             if p.name in specs:
                 value = evaluate(specs[p.name], name, t)
                 if value is not None:
@@ -77,19 +84,21 @@ def bind_parameters(
     model_labels: Sequence[str] | None = None,
     num_layers: int | None = None,
     require: bool = True,
+    fallback: Mapping[str, Any] | None = None,
 ) -> Binding:
     """Check `global_params` and each model's `model_params` against `method`'s schema; raise one
     `ConfigError` ("`where`: problem; problem") listing every problem, warn once per odd
     parameter, and return the `Binding`. `model_labels` name each model's dict in messages
     (default `model_parameters[i]`); `require=False` skips the check that required parameters
-    have values (for a caller that supplies some itself, e.g. FedAvg's weights)."""
+    have values (for a caller that supplies some itself, e.g. FedAvg's weights). `fallback`:
+    global settings of a lower level (`Binding.fallback_specs`), checked where they came from."""
     method = get_method(method) if isinstance(method, str) else method
     global_params, model_params = dict(global_params or {}), [dict(m) for m in model_params]
     problems, odd = check_parameters(method, global_params, model_params, model_labels=model_labels, require=require)
     if problems:
         raise ConfigError(f"{where}: {'; '.join(problems)}")
     warn_odd(odd, where)
-    return Binding(method, global_params, model_params, num_layers)
+    return Binding(method, global_params, model_params, num_layers, dict(fallback) if fallback else None)
 
 
 def warn_odd(odd: list[str], where: str) -> None:

@@ -1,14 +1,18 @@
 """mergekit's YAML merge configuration, validated up front.
 
 Accepted keys (mergekit 0.1 schema): `merge_method`, `models` (each `model` + `parameters`),
-`base_model`, `parameters`, `dtype`, `out_dtype`, `tokenizer_source`, and `slices` where one
-slice takes every source's full layer range (the common slerp form; it is the same as `models`).
-Every problem found is reported at once, before any tensor is read; parameters are checked by
-the binder (`binder.py`: names, placement, types, ranges, gradients and filters).
+`base_model`, `parameters`, `dtype`, `out_dtype`, `tokenizer_source`, and `slices`: output
+slices, each a list of `sources` (`model`, `layer_range` [start, end), `parameters`) with its own
+`base_model` and `parameters` (mergekit's `residual_weight` is accepted and ignored, as there)
+and, beyond mergekit, its own `merge_method`. Every problem found is reported at once, before
+any tensor is read: unknown keys (did-you-mean when close), wrong types, methods, parameters
+(through the binder, `binder.py`: names, placement, types, ranges), slice shapes, and, for a
+config file, model paths that do not exist; each names where it is (`models[1].parameters`).
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,11 +20,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ConfigError
-from ..methods import MergeMethod, get_method
+from ..io.resolve import check_reference
+from ..methods import METHODS, MergeMethod, get_method
 from ..runtime.device import DTYPES
 from ..runtime.yaml_config import read_yaml_mapping
 from .binder import check_parameters
-TOP_LEVEL_KEYS = ("merge_method", "models", "slices", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source")
+from .tokenizer import TokenizerConfig, tokenizer_problems
+TOP_LEVEL_KEYS = ("merge_method", "models", "slices", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source",
+                  "tokenizer", "chat_template")
 
 
 class ModelEntry(BaseModel):
@@ -29,16 +36,24 @@ class ModelEntry(BaseModel):
     parameters: dict[str, Any] = {}
 
 
-class _Source(BaseModel):
+class SliceSource(BaseModel):
+    """One source of an output slice: layers [start, end) of `model` (None: all of them)."""
+
     model_config = ConfigDict(extra="forbid")
     model: str
     layer_range: tuple[int, int] | None = None
     parameters: dict[str, Any] = {}
 
 
-class _Slice(BaseModel):
+class OutputSlice(BaseModel):
+    """One output slice: its sources' layers merged layer by layer, stacked after the previous slice."""
+
     model_config = ConfigDict(extra="forbid")
-    sources: list[_Source]
+    sources: list[SliceSource]
+    base_model: str | None = None
+    parameters: dict[str, Any] = {}
+    merge_method: str | None = None  # our extension; mergekit 0.1.5 has one method per merge
+    residual_weight: float | None = None  # accepted and ignored, as in mergekit 0.1.5
 
 
 class MergeConfig(BaseModel):
@@ -47,12 +62,14 @@ class MergeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     merge_method: str
     models: list[ModelEntry] = []
-    slices: list[_Slice] | None = None
+    slices: list[OutputSlice] | None = None
     base_model: str | None = None
     parameters: dict[str, Any] = {}
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerConfig | None = None
+    chat_template: str | None = None
 
     @property
     def method(self) -> MergeMethod:
@@ -65,73 +82,198 @@ class MergeConfig(BaseModel):
             return list(self.models)
         return [m for m in self.models if m.model != self.base_model]
 
+    def referenced_models(self) -> list[str]:
+        """Every model the config names, in order of appearance, each once."""
+        refs = [m.model for m in self.models] + [s.model for sl in self.slices or [] for s in sl.sources]
+        refs += [r for r in [self.base_model, *(sl.base_model for sl in self.slices or [])] if r]
+        return list(dict.fromkeys(refs))
+
+    def slice_method(self, index: int) -> MergeMethod:
+        """The method of output slice `index` (its own `merge_method`, else the config's)."""
+        return get_method(self.slices[index].merge_method or self.merge_method)
+
+    def slice_base(self, index: int) -> str | None:
+        """The base model of output slice `index` (its own, else the config's)."""
+        return self.slices[index].base_model or self.base_model
+
     def torch_dtype(self, key: str = "dtype") -> torch.dtype | None:
         value = getattr(self, key)
         return None if value is None else DTYPES[value]
 
 
-def load_merge_config(source: str | Path | Mapping[str, Any]) -> MergeConfig:
-    """Parse and validate a mergekit YAML file (or an already-parsed mapping)."""
+def load_merge_config(source: str | Path | Mapping[str, Any], *, check_paths: bool | None = None) -> MergeConfig:
+    """Parse and validate a mergekit YAML file (or an already-parsed mapping); one `ConfigError`
+    lists every problem. `check_paths` (default: when `source` is a file) also reports model
+    references that are neither existing paths nor Hub ids."""
     where = "config"
     if not isinstance(source, Mapping):
         where = str(source)
         source = read_yaml_mapping(source)
-    unknown = [k for k in source if k not in TOP_LEVEL_KEYS]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(TOP_LEVEL_KEYS)}")
-    try:
-        cfg = MergeConfig(**source)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{where}: {'; '.join(problems)}") from None
-    cfg = _slices_to_models(cfg, where)
-    problems = validate(cfg)
+        check_paths = True if check_paths is None else check_paths
+    data = dict(source)
+    problems = []
+    for key in [k for k in data if k not in TOP_LEVEL_KEYS]:
+        close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1, cutoff=0.7)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; allowed: {', '.join(TOP_LEVEL_KEYS)}"
+        problems.append(f"unknown key {key!r}{hint}")
+        del data[key]
+    cfg, more = _schema_checked(data)
+    problems += more
+    if cfg is not None:
+        problems += validate(cfg)
+        if check_paths:
+            problems += _path_problems(cfg)
     if problems:
         raise ConfigError(f"{where}: {'; '.join(problems)}")
     return cfg
 
 
-def _slices_to_models(cfg: MergeConfig, where: str) -> MergeConfig:
-    if cfg.slices is None:
-        return cfg
-    if cfg.models:
-        raise ConfigError(f"{where}: give either 'models' or 'slices', not both")
-    if len(cfg.slices) != 1 or len({s.layer_range for s in cfg.slices[0].sources}) > 1 or any(
-        s.layer_range is not None and s.layer_range[0] != 0 for s in cfg.slices[0].sources
-    ):
-        raise ConfigError(
-            f"{where}: only one slice taking the same full layer range from every source is supported "
-            "(layer stacking/frankenmerges are not); rewrite it as 'models'"
-        )
-    models = [ModelEntry(model=s.model, parameters=s.parameters) for s in cfg.slices[0].sources]
-    return cfg.model_copy(update={"slices": None, "models": models})
+def _schema_checked(data: dict[str, Any]) -> tuple[MergeConfig | None, list[str]]:
+    """The config built from `data`, and the schema's problems: each bad entry is reported and
+    dropped, and the rest validated again (so one run reports them all); None if it cannot be built."""
+    problems: list[str] = []
+    for _ in range(20):
+        try:
+            return MergeConfig(**data), problems
+        except ValidationError as exc:
+            errors = exc.errors()
+        problems += [f"{_location(e['loc'])}: {e['msg']}" for e in errors]
+        if not all(_drop(data, e["loc"]) for e in errors):
+            return None, problems
+    return None, problems
+
+
+def _location(loc: tuple) -> str:
+    """('models', 1, 'parameters') -> 'models[1].parameters'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _drop(data: Any, loc: tuple) -> bool:
+    """Remove the entry at `loc` (its innermost key or list item); False if there is none, or
+    it is required (a problem that cannot be dropped)."""
+    *path, last = loc
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if isinstance(data, dict) and last in data and last != "merge_method":
+        del data[last]
+        return True
+    return False
+
+
+def _path_problems(cfg: MergeConfig) -> list[str]:
+    """Each reference that is neither a path nor a Hub id, named where it first appears."""
+    places = [("base_model", cfg.base_model)] + [(f"models[{i}].model", m.model) for i, m in enumerate(cfg.models)]
+    for i, sl in enumerate(cfg.slices or []):
+        places += [(f"slices[{i}].base_model", sl.base_model)]
+        places += [(f"slices[{i}].sources[{j}].model", s.model) for j, s in enumerate(sl.sources)]
+    problems, seen = [], set()
+    for where, ref in places:
+        if ref is None or ref in seen:
+            continue
+        seen.add(ref)
+        try:
+            check_reference(ref)
+        except ConfigError as exc:
+            problems.append(f"{where}: {exc}")
+    return problems
 
 
 def validate(cfg: MergeConfig) -> list[str]:
     """Every problem with the config, without touching the file system."""
-    try:
-        method = cfg.method
-    except ConfigError as exc:
-        return [str(exc)]
     problems: list[str] = []
+    method = _method(cfg.merge_method, "merge_method", problems)
     for key in ("dtype", "out_dtype"):
         value = getattr(cfg, key)
         if value is not None and value not in DTYPES:
             problems.append(f"{key} '{value}' is unknown; choose one of {', '.join(DTYPES)}")
-    if cfg.tokenizer_source not in (None, "base") and cfg.tokenizer_source not in {m.model for m in cfg.models}:
-        problems.append(
-            f"tokenizer_source '{cfg.tokenizer_source}' must be 'base' or one of the models ('union' is not supported)"
-        )
+    problems += tokenizer_problems(cfg)
+    if cfg.slices is not None:
+        if cfg.models:
+            problems.append("give either 'models' or 'slices', not both")
+        return problems + _slice_problems(cfg, method)
+    if method is None:
+        return problems
     if method.base == "required" and not cfg.base_model:
         problems.append(f"merge_method '{method.name}' needs base_model")
     if method.base == "none" and cfg.base_model and cfg.base_model not in {m.model for m in cfg.models}:
         problems.append(f"merge_method '{method.name}' takes no base_model; list '{cfg.base_model}' under models instead")
-    inputs = cfg.inputs()
-    if len(inputs) < method.min_models:
-        problems.append(f"merge_method '{method.name}' needs at least {method.min_models} model(s) besides the base, got {len(inputs)}")
-    if method.max_models is not None and len(inputs) > method.max_models:
-        problems.append(f"merge_method '{method.name}' takes at most {method.max_models} model(s) besides the base, got {len(inputs)}")
+    problems += _count_problems(method, len(cfg.inputs()), "")
     problems += _parameter_problems(cfg, method)
+    return problems
+
+
+def _method(name: str, where: str, problems: list[str]) -> MergeMethod | None:
+    """The method `name`; if unknown, its problem is added and the closest method (if one is
+    close) returned, so that the parameters are still checked in the same run."""
+    try:
+        return get_method(name)
+    except ConfigError as exc:
+        problems.append(f"{where}: {exc}")
+    close = difflib.get_close_matches(name, list(METHODS), n=1, cutoff=0.7)
+    return get_method(close[0]) if close else None
+
+
+def _count_problems(method: MergeMethod, n: int, where: str) -> list[str]:
+    if n < method.min_models:
+        return [f"{where}merge_method '{method.name}' needs at least {method.min_models} model(s) besides the base, got {n}"]
+    if method.max_models is not None and n > method.max_models:
+        return [f"{where}merge_method '{method.name}' takes at most {method.max_models} model(s) besides the base, got {n}"]
+    return []
+
+
+def _slice_problems(cfg: MergeConfig, top: MergeMethod | None) -> list[str]:
+    """Each output slice: its method, sources, layer ranges (equal lengths), base among its
+    sources (mergekit never adds it there), model count and parameters (source > slice > top
+    level; the top-level ones checked once, against the config's method)."""
+    problems = check_parameters(top, cfg.parameters, [], require=False)[0] if top else []
+    if not cfg.slices:
+        problems.append("slices: empty; give at least one output slice")
+    for i, sl in enumerate(cfg.slices or []):
+        where = f"slices[{i}]"
+        method = _method(sl.merge_method, f"{where}.merge_method", problems) if sl.merge_method else top
+        if not sl.sources:
+            problems.append(f"{where}.sources: empty; give at least one source")
+        for j, src in enumerate(sl.sources):
+            if src.layer_range is not None and not 0 <= src.layer_range[0] < src.layer_range[1]:
+                problems.append(f"{where}.sources[{j}].layer_range {list(src.layer_range)}: needs 0 <= start < end")
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in sl.sources if s.layer_range is not None}
+        if len(lengths) > 1:
+            problems.append(f"{where}: all sources of a slice must take the same number of layers (got {sorted(lengths)})")
+        if method is None:
+            continue
+        base = cfg.slice_base(i) if method.base != "none" else None
+        if method.base == "required" and not base:
+            problems.append(f"{where}: merge_method '{method.name}' needs base_model")
+        if base and base not in {s.model for s in sl.sources}:
+            problems.append(f"{where}: base_model '{base}' is not one of the slice's sources (list it there with its layer_range)")
+        merged = [(j, s) for j, s in enumerate(sl.sources) if s.model != base]
+        problems += _count_problems(method, len(merged), f"{where}: ")
+        problems += _slice_parameter_problems(cfg, method if sl.merge_method else None, i, merged)
+    return problems
+
+
+def _slice_parameter_problems(cfg: MergeConfig, own_method: MergeMethod | None, i: int, merged: list) -> list[str]:
+    """Slice `i`'s parameters and its sources', and the required ones present at some level."""
+    sl, method = cfg.slices[i], own_method or cfg.method
+    top = {k: v for k, v in cfg.parameters.items() if k in method.params}
+    labels = [f"slices[{i}].sources[{j}] ({s.model}).parameters" for j, s in merged]
+    problems = check_parameters(method, sl.parameters, [s.parameters for _, s in merged], model_labels=labels,
+                                require=False, global_label=f"slices[{i}].parameters")[0]  # fmt: skip
+    base = [(j, s) for j, s in enumerate(sl.sources) if all(s is not t for _, t in merged)]
+    problems += check_parameters(method, {}, [s.parameters for _, s in base], require=False,
+                                 model_labels=[f"slices[{i}].sources[{j}] ({s.model}).parameters" for j, s in base])[0]  # fmt: skip
+    for name, p in method.params.items():
+        if not p.required or name in sl.parameters or name in top:
+            continue
+        missing = [label for label, (_, s) in zip(labels, merged) if not p.per_model or name not in s.parameters]
+        if missing:
+            problems.append(f"slices[{i}]: parameter '{name}' of {method.name} has no value for {', '.join(missing)}")
     return problems
 
 

@@ -82,7 +82,7 @@ def test_cli_truncated_shard_one_line_error(tmp_path, tiny_models, capsys):
 def test_cli_missing_model_path(tmp_path, tiny_models, capsys):
     cfg = write_cfg(tmp_path, tiny_models, base_model=str(tmp_path / "nowhere"))
     rc, err = run_cli(tmp_path, cfg, capsys)
-    assert rc == 2 and err == f"error: model path {tmp_path / 'nowhere'} does not exist"
+    assert rc == 2 and err == f"error: {cfg}: base_model: model path {tmp_path / 'nowhere'} does not exist"
 
 
 def test_cli_invalid_yaml(tmp_path, capsys):
