@@ -130,7 +130,7 @@ class EWC(Finetune):
     def finish(self, t: int, model: nn.Module, uids: list[int]) -> None:
         c = self.ctx
         rows = [c.pool.train[u] for u in uids[: self.spec.samples]]
-        g = torch.Generator().manual_seed(step_seed(c.cfg.seed, t))
+        g = torch.Generator(device=c.device).manual_seed(step_seed(c.cfg.seed, t))  # multinomial draws on the model's device
         fisher = fisher_diagonal(model, (b for _, b in eval_batches(rows, c.tokenizer, 1, device=c.device)),
                                  estimator=self.spec.estimator, generator=g)  # fmt: skip
         self.penalty.add_task(fisher, {k: v.to(c.device) for k, v in self.x.items()})
