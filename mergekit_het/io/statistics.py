@@ -2,7 +2,8 @@
 
 The file holds raw sums, so statistics of several shards or clients add exactly (`add`):
 - `<weight name>.gram`: Σ x xᵀ over every input row x of the nn.Linear owning that weight
-  (in × in), with `gram_rows` (int64 scalar) the number of rows summed;
+  (in × in), with `<weight name>.gram_rows` (int64 scalar) the number of rows summed (a pooler
+  sees one row per example, the other layers one per token);
 - `<weight name>.fisher`: Σ over examples of each example's diagonal Fisher (the weight's shape),
   with `fisher_examples` the number of examples.
 Merge methods use the means (sum / count), as RegMean's and Fisher merging's official code do.
@@ -24,8 +25,8 @@ from ..errors import ConfigError
 from .sources import SafetensorsModel, StateDictSource, TensorSource
 
 STATS_FILE = "merge_stats.safetensors"
-KINDS = ("gram", "fisher")
-COUNTS = {"gram": "gram_rows", "fisher": "fisher_examples"}
+KINDS = ("gram", "gram_rows", "fisher")
+COUNTS = {"fisher": "fisher_examples"}  # model-wide counts (a Gram's rows are counted per weight)
 
 
 def stats_key(name: str, kind: str) -> str:
@@ -71,7 +72,9 @@ def open_statistics(ref: str | Path | Mapping[str, torch.Tensor], kinds: tuple[s
             raise ConfigError(f"{label}: no merge statistics at {path}; compute them with "
                               f"`mergekit-het stats {Path(ref)} --tasks TASKFILE --task NAME`")  # fmt: skip
         src = SafetensorsModel(path)
-    missing = [COUNTS[k] for k in kinds if COUNTS[k] not in src.names()]
+    names = src.names()
+    missing = [k for k in kinds if not any(n.endswith("." + k) for n in names)]
+    missing += [COUNTS[k] for k in kinds if k in COUNTS and COUNTS[k] not in names]
     if missing:
         src.close()
         raise ConfigError(f"{label}: merge statistics hold no {', '.join(missing)} (computed without --{kinds[0]}?)")
@@ -79,14 +82,14 @@ def open_statistics(ref: str | Path | Mapping[str, torch.Tensor], kinds: tuple[s
 
 
 def model_statistics(src: TensorSource, kinds: tuple[str, ...]) -> dict[str, float]:
-    """One model's counts (`gram_rows`, `fisher_examples`) and, for Fisher, `fisher_norm`: the L2
+    """One model's model-wide numbers for Fisher: `fisher_examples` and `fisher_norm`, the L2
     norm of the mean Fisher over all its tensors (Fisher merging's `normalize_fishers`; one
-    streaming read of the Fisher tensors)."""
-    out: dict[str, float] = {COUNTS[k]: float(src.read(COUNTS[k])) for k in kinds}
-    if "fisher" in kinds:
-        total = 0.0
-        for name in src.names():
-            if name.endswith(".fisher"):
-                total += float(src.read(name).double().square().sum())
-        out["fisher_norm"] = math.sqrt(total) / max(out["fisher_examples"], 1.0)
-    return out
+    streaming read of the Fisher tensors). Empty for other kinds."""
+    if "fisher" not in kinds:
+        return {}
+    examples = float(src.read(COUNTS["fisher"]))
+    total = 0.0
+    for name in src.names():
+        if name.endswith(".fisher"):
+            total += float(src.read(name).double().square().sum())
+    return {"fisher_examples": examples, "fisher_norm": math.sqrt(total) / max(examples, 1.0)}

@@ -194,9 +194,13 @@ def _merge_tensor(run: _Run, tp: TensorPlan, model: Mapping[str, Any], then: Key
 
 
 def _read_statistics(tp: TensorPlan, device: torch.device) -> dict[str, tuple[Tensor | None, ...]]:
-    """Each model's statistics tensors of `tp` (whole, float32 on `device`; None where absent)."""
-    return {kind: tuple(None if r is None else as_compute_dtype(r[0].read(r[1])).to(device) for r in reads)
-            for kind, reads in tp.stat_reads}  # fmt: skip
+    """Each model's statistics tensors of `tp` (whole, on `device`, floats in float32, counts as
+    stored; None where absent)."""
+    def read(r):
+        t = r[0].read(r[1])
+        return (as_compute_dtype(t) if t.is_floating_point() else t).to(device)
+
+    return {kind: tuple(None if r is None else read(r) for r in reads) for kind, reads in tp.stat_reads}
 
 
 def _float_inputs(has_base: bool, raw: list[Tensor]) -> tuple[Tensor | None, Float32Copies] | None:

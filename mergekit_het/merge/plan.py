@@ -152,7 +152,7 @@ def _statistics_counts(method: MergeMethod, models: list[TensorSource], statisti
         raise ConfigError(f"merge_method '{method.name}' needs the {'/'.join(method.statistics)} statistics of every model "
                           f"(merge_stats.safetensors beside each; `mergekit-het stats`)")  # fmt: skip
     per_model = [model_statistics(src, method.statistics) for src in statistics]
-    return {k: [m[k] for m in per_model] for k in per_model[0]}
+    return {k: [m[k] for m in per_model] for k in per_model[0]} if per_model else {}
 
 
 def _stat_reads(name: str, kind: str, stat_names: list[tuple[TensorSource, set[str]]]) -> tuple[Read | None, ...]:

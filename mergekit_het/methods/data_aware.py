@@ -3,9 +3,9 @@ arXiv:2212.09849; bloomberg/dataless-model-merging) and Fisher merging (Matena &
 NeurIPS 2022, arXiv:2111.09832; mmatena/model_merging), official semantics.
 
 The engine hands each call the models' statistics tensors of the tensor being merged in
-`stats.inputs[kind]` (one per model: `gram` Σ x xᵀ of the owning nn.Linear's inputs, `fisher`
-Σ of per-example diagonal Fishers; `io/statistics.py`) and the model-wide counts and norms in
-`stats.model` (`gram_rows`, `fisher_examples`, `fisher_norm`: one value per model). Model
+`stats.inputs[kind]` (one per model: `gram` Σ x xᵀ of the owning nn.Linear's inputs and
+`gram_rows` their count, `fisher` Σ of per-example diagonal Fishers; `io/statistics.py`) and
+Fisher's model-wide numbers in `stats.model` (`fisher_examples`, `fisher_norm`: one per model). Model
 coefficients cᵢ = wᵢ/Σw (equal weights: the official default). Whole tensors; memory one tensor
 group plus its statistics.
 """
@@ -47,7 +47,8 @@ def _statistics(stats: TensorStats, kind: str, n_models: int) -> list[Tensor] | 
     missing = [i for i, s in enumerate(given) if s is None]
     if missing or len(given) != n_models:
         raise ValueError(f"the {kind} statistics of model {missing[0] if missing else len(given)} lack this tensor")
-    return [s.to(torch.float64 if s.dtype == torch.float64 else torch.float32, copy=True) for s in given]
+    return [s.to(torch.float32 if s.is_floating_point() and s.dtype != torch.float64 else torch.float64, copy=True)
+            for s in given]  # counts (int64) as float64: exact up to 2^53
 
 
 def reduce_non_diagonal(gram: Tensor, alpha: float) -> Tensor:
@@ -75,7 +76,7 @@ def regmean_solve(weights: list[Tensor], grams: list[Tensor]) -> Tensor:
     return solution.T.contiguous()
 
 
-@merge_method("regmean", paper="arXiv:2212.09849", base="none", statistics=("gram",))
+@merge_method("regmean", paper="arXiv:2212.09849", base="none", statistics=("gram", "gram_rows"))
 def regmean(base: None, tensors: list[Tensor], *, weight: PerModel = 1.0, reduce_nondiag: Unit = 1.0,
             gram: Literal["mean", "sum"] = "mean", stats: TensorStats = WHOLE) -> Tensor:  # fmt: skip
     """RegMean: a 2-D weight whose nn.Linear has Grams gets `regmean_solve` over
@@ -92,10 +93,10 @@ def regmean(base: None, tensors: list[Tensor], *, weight: PerModel = 1.0, reduce
     if weights[0].dim() != 2 or grams[0].shape != (weights[0].shape[1],) * 2:
         raise ValueError(f"a Gram matrix of shape {tuple(grams[0].shape)} does not fit a weight of shape "
                          f"{tuple(weights[0].shape)} (in × in expected)")  # fmt: skip
-    rows = stats.model.get("gram_rows") if gram == "mean" else None
+    rows = _statistics(stats, "gram_rows", len(weights)) if gram == "mean" else None
     scaled = []
     for i, g in enumerate(grams):
-        factor = len(weights) * coeffs[i] / (rows[i] if rows else 1.0)
+        factor = len(weights) * coeffs[i] / (float(rows[i]) if rows else 1.0)
         scaled.append(reduce_non_diagonal(g.mul_(factor) if factor != 1 else g, reduce_nondiag))
     return regmean_solve(weights, scaled)
 

@@ -11,8 +11,8 @@ from mergekit_het.methods.registry import TensorStats
 
 
 def regmean(ws, grams, rows=None, **params):
-    model = {"gram_rows": rows} if rows else {}
-    return get_method("regmean").apply(None, ws, stats=TensorStats(model=model, inputs={"gram": tuple(grams)}), **params)
+    inputs = {"gram": tuple(grams), "gram_rows": tuple(torch.tensor(r) for r in rows) if rows else (None,) * len(grams)}
+    return get_method("regmean").apply(None, ws, stats=TensorStats(inputs=inputs), **params)
 
 
 def fisher(ws, fishers, counts=None, norms=None, **params):
@@ -103,7 +103,7 @@ def test_regmean_summed_shard_statistics_equal_pooled_through_engine():
     xs = [torch.randn(12, 4, generator=gen) for _ in range(2)]
 
     def stats_of(x):
-        return {"lin.weight.gram": x.T @ x, "gram_rows": torch.tensor(x.shape[0])}
+        return {"lin.weight.gram": x.T @ x, "lin.weight.gram_rows": torch.tensor(x.shape[0])}
 
     pooled = [stats_of(x) for x in xs]
     shards = [st.add([stats_of(x[:5]), stats_of(x[5:])]) for x in xs]
@@ -127,8 +127,8 @@ def test_fisher_through_engine_reads_counts_and_norms():
 
 
 def test_missing_statistics_one_line_error():
-    with pytest.raises(Exception, match="needs the gram statistics"):
+    with pytest.raises(Exception, match="needs the gram/gram_rows statistics of every model"):
         merge_state_dicts("regmean", [{"p": torch.ones(2)}])
     with pytest.raises(TensorError, match="lin.weight: regmean failed"):
         merge_state_dicts("regmean", [{"lin.weight": torch.ones(2, 2)}],
-                          statistics=[{"lin.weight.gram": torch.zeros(2, 2), "gram_rows": torch.tensor(1)}])  # fmt: skip
+                          statistics=[{"lin.weight.gram": torch.zeros(2, 2), "lin.weight.gram_rows": torch.tensor(1)}])  # fmt: skip
