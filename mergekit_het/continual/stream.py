@@ -12,6 +12,7 @@ Example ids (`uid`: the row's index in the pool) are schedule-independent.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -95,12 +96,22 @@ def build_pool(cfg: ContinualConfig, tokenizer) -> Pool:
     return pool
 
 
+def task_order(num_tasks: int, seed: int, k: int) -> list[int]:
+    """Schedule k's task order: the k-th of all orders in a seeded shuffle (distinct orders for
+    the first T! schedules), or a seeded random order when T! is too large to list."""
+    if num_tasks > 7:
+        return torch.randperm(num_tasks, generator=torch.Generator().manual_seed(seed + k)).tolist()
+    orders = list(itertools.permutations(range(num_tasks)))
+    pick = torch.randperm(len(orders), generator=torch.Generator().manual_seed(seed)).tolist()
+    return list(orders[pick[k % len(orders)]])
+
+
 def class_groups(cfg: ContinualConfig, pool: Pool, k: int) -> list[list[int]]:
     """Schedule k's experiences as lists of global classes."""
     s = cfg.stream
     g = torch.Generator().manual_seed(s.seed + k)
     if s.by == "tasks":
-        order = torch.randperm(len(pool.tasks), generator=g).tolist()
+        order = task_order(len(pool.tasks), s.seed, k)
         return [[c for c in range(pool.num_classes) if pool.task_of[c] == t] for t in order]
     if s.experiences is not None:
         if s.experiences > pool.num_classes:

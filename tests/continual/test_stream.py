@@ -1,7 +1,7 @@
 from collections import Counter
 
 from mergekit_het.continual import load_continual_config
-from mergekit_het.continual.stream import build_pool, schedules
+from mergekit_het.continual.stream import build_pool, schedules, task_order
 from mergekit_het.models.encoder import load_tokenizer
 
 
@@ -28,3 +28,9 @@ def test_experiences_cut_near_equal(cl_config):
     cfg = load_continual_config(cl_config(stream={"by": "classes", "experiences": 3, "schedules": 2}))
     pool = build_pool(cfg, load_tokenizer(cfg.model))
     assert [[len(e.classes) for e in s.experiences] for s in schedules(cfg, pool)] == [[2, 1, 1], [2, 1, 1]]
+
+
+def test_task_orders_are_distinct_for_the_first_factorial_schedules():
+    orders = [tuple(task_order(3, seed=4, k=k)) for k in range(6)]
+    assert sorted(orders) == sorted(__import__("itertools").permutations(range(3)))
+    assert task_order(3, 4, 6) == task_order(3, 4, 0) and sorted(task_order(9, 0, 2)) == list(range(9))
