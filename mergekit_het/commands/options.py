@@ -48,3 +48,44 @@ def device_name(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def shard_size(text: str) -> int:
+    """mergekit's `--out-shard-size`: bytes, with K/M/B meaning ×10³/10⁶/10⁹ (`5B` = 5 GB);
+    our sizes (5GB, 500MiB) are accepted too."""
+    from ..io.writer import parse_size
+
+    factors = {"K": 10**3, "M": 10**6, "B": 10**9}
+    s = text.strip().upper()
+    try:
+        value = int(float(s[:-1]) * factors[s[-1]])
+    except (KeyError, IndexError, ValueError, OverflowError):  # not mergekit's form: ours
+        try:
+            value = parse_size(text)
+        except (ConfigError, ValueError, OverflowError):
+            value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text[:40]}' is not a size; use e.g. 5B (mergekit: 5·10⁹ bytes), 500M, 5GB")
+    return value
+
+
+Compat = list[tuple[str, bool, str]]
+"""mergekit flags that mean nothing for a command: (flag, takes a value, why, in one clause)."""
+
+
+def add_compat_flags(parser: argparse.ArgumentParser, flags: Compat, title: str) -> argparse._ArgumentGroup:
+    """Accept each flag of `flags` (hidden from --help; see `compat_notes`); returns their group."""
+    group = parser.add_argument_group(title)
+    for flag, value, _ in flags:
+        dest = "compat_" + flag.lstrip("-").replace("-", "_")
+        if value:
+            group.add_argument(flag, dest=dest, default=None, help=argparse.SUPPRESS)
+        else:
+            group.add_argument(flag, dest=dest, action="store_const", const=flag, default=None, help=argparse.SUPPRESS)
+    return group
+
+
+def compat_notes(args: argparse.Namespace, flags: Compat) -> list[str]:
+    """One line per compatibility flag given: 'note: FLAG has no effect here: WHY'."""
+    return [f"note: {flag} has no effect here: {why}" for flag, _, why in flags
+            if getattr(args, "compat_" + flag.lstrip("-").replace("-", "_")) is not None]  # fmt: skip
