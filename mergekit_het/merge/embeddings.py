@@ -40,8 +40,9 @@ def is_vocab_tensor(name: str) -> bool:
     return any(name == v or name.endswith("." + v) for v in VOCAB_TENSORS)
 
 
-def aligned_rows(vocab: Vocabulary, name: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Every model's tensor `name` with its rows in the output vocabulary (module docstring)."""
+def aligned_rows(vocab: Vocabulary, name: str, tensors: dict[str, Tensor], base: str | None = None) -> dict[str, Tensor]:
+    """Every model's tensor `name` with its rows in the output vocabulary (module docstring); the
+    default rows are chosen among these models (`base`: the base model of this tensor's merge)."""
     shapes = {tuple(t.shape[1:]) for t in tensors.values()}
     if len(shapes) > 1:
         raise TensorError(f"{name}: the models' rows differ in shape ({', '.join(map(str, sorted(shapes)))})")
@@ -53,13 +54,13 @@ def aligned_rows(vocab: Vocabulary, name: str, tensors: dict[str, Tensor]) -> di
         top = max(vocab.perms[ref], default=-1)
         if top >= t.shape[0]:
             raise TensorError(f"{name}: model {ref} has {t.shape[0]} rows but its tokenizer maps a token to row {top}")
-    rows = {i: _default_row(d, vocab, tensors, i) for i, d in vocab.defaults.items()}
+    rows = {i: _default_row(d, vocab, tensors, i) for i, d in vocab.defaults(tuple(tensors), base if base in tensors else None).items()}
+    forced = list(vocab.forced)
     out = {}
     for ref, t in tensors.items():
         perm = torch.tensor(vocab.perms[ref], dtype=torch.long)
         own = perm >= 0
-        if vocab.forced:
-            own[list(vocab.forced)] = False
+        own[forced] = False
         new = t.new_zeros((vocab.size, *t.shape[1:]))
         new[: vocab.tokens][own] = t[perm[own]]
         for i, row in rows.items():
@@ -95,8 +96,9 @@ class _Group:
     """The aligned (or truncated) token-indexed tensors of every model, one tensor name at a time."""
 
     def __init__(self, sources: dict[str, TensorSource], vocab: Vocabulary | None, cast: torch.dtype | None,
-                 rows: dict[str, int]):  # fmt: skip
-        self.sources, self.vocab, self.cast, self.rows = sources, vocab, cast, rows
+                 members: dict[str, tuple[tuple[str, ...], str | None]] | None = None):  # fmt: skip
+        self.sources, self.vocab, self.cast, self.rows = sources, vocab, cast, {}
+        self.members = members or {}  # per tensor: the models it is merged from and their base (default: all)
         self._last: tuple[str, dict[str, Tensor]] | None = None
         self._lock = threading.Lock()
 
@@ -109,13 +111,14 @@ class _Group:
         if self.vocab is None:  # truncation (or a tied lm_head): the first rows of the model's own tensor
             return self.sources[ref].read(self.source_name(ref, name))[: self.rows.get(name)]
         with self._lock:
-            if self._last is None or self._last[0] != name:
+            if self._last is None or self._last[0] != name or ref not in self._last[1]:
                 self._last = None  # the previous group is freed before the next is read
+                refs, base = self.members.get(name, (tuple(self.sources), self.vocab.base))
                 inputs = {}
-                for r, src in self.sources.items():
-                    t = src.read(self.source_name(r, name))
+                for r in refs + (() if ref in refs else (ref,)):
+                    t = self.sources[r].read(self.source_name(r, name))
                     inputs[r] = t.to(self.cast) if self.cast is not None and t.is_floating_point() else t
-                self._last = (name, aligned_rows(self.vocab, name, inputs))
+                self._last = (name, aligned_rows(self.vocab, name, inputs, base))
             return self._last[1][ref]
 
 
@@ -154,12 +157,12 @@ class AlignedSource:
 
 
 def align_sources(sources: dict[str, TensorSource], reference: str, vocab: Vocabulary | None, truncate: bool,
-                  cast: torch.dtype | None) -> tuple[_Group, dict[str, tuple[tuple[int, ...], torch.dtype | None]]] | None:  # fmt: skip
+                  cast: torch.dtype | None, members: dict[str, tuple[tuple[str, ...], str | None]] | None = None) -> tuple[_Group, dict[str, tuple[tuple[int, ...], torch.dtype | None]]] | None:  # fmt: skip
     """The group that reads the token-indexed tensors of `sources` (by reference) aligned to
     `vocab`, or checked for equal row counts (truncated to the fewest with `truncate`), and
     their output shapes; None when nothing needs aligning."""
     names = [n for n in sources[reference].names() if is_vocab_tensor(n)]
-    group = _Group(sources, vocab, cast, {})
+    group = _Group(sources, vocab, cast, members)
     metas = {n: {r: src.meta(group.source_name(r, n)) for r, src in sources.items() if group.source_name(r, n) in src.names()}
              for n in names}  # fmt: skip
     tied = any(LM_HEAD in names and LM_HEAD not in src.names() for src in sources.values())
@@ -183,19 +186,47 @@ def align_sources(sources: dict[str, TensorSource], reference: str, vocab: Vocab
     return (group, shapes) if shapes else None
 
 
+def align_by_reference(cfg: Any, sources: dict[str, TensorSource], donor: str, reference: str, options: MergeOptions,
+                       cast: torch.dtype | None, members: dict[str, tuple[tuple[str, ...], str | None]] | None = None
+                       ) -> tuple[dict[str, TensorSource], Vocabulary | None]:  # fmt: skip
+    """`sources` (by model reference) with token-indexed tensors aligned to the configured output
+    vocabulary (None without a tokenizer configuration: only the row counts checked, see
+    `align_sources`), and that vocabulary; `donor` gives the base tokenizer."""
+    vocab = build_vocabulary(cfg, donor, list(sources)) if tokenizer_source(cfg) is not None else None
+    aligned = align_sources(sources, reference, vocab, options.unsafe_truncate_embeddings, cast, members)
+    if aligned is None:
+        return sources, vocab
+    return {ref: AlignedSource(src, ref, *aligned) for ref, src in sources.items()}, vocab
+
+
 def align_vocabularies(cfg: Any, base_ref: str | None, base: TensorSource | None, models: list[TensorSource],
                        options: MergeOptions, cast: torch.dtype | None) -> tuple[TensorSource | None, list[TensorSource], Vocabulary | None]:  # fmt: skip
-    """The engine's hook: `(base, models, vocabulary)` with token-indexed tensors aligned to the
-    configured output vocabulary (None without a tokenizer configuration); see `align_sources`."""
+    """`align_by_reference` for a `models:` merge: `(base, models, vocabulary)`."""
     refs = ([base_ref] if base is not None else []) + [e.model for e in cfg.inputs()]
-    opened = ([base] if base is not None else []) + models
     by_ref: dict[str, TensorSource] = {}
-    for ref, src in zip(refs, opened):
+    for ref, src in zip(refs, ([base] if base is not None else []) + models):
         by_ref.setdefault(ref, src)  # a model listed twice is read through its first source
-    donor = cfg.base_model or refs[0]
-    vocab = build_vocabulary(cfg, donor, list(by_ref)) if tokenizer_source(cfg) is not None else None
-    aligned = align_sources(by_ref, refs[0], vocab, options.unsafe_truncate_embeddings, cast)
-    if aligned is None:
+    aligned, vocab = align_by_reference(cfg, by_ref, cfg.base_model or refs[0], refs[0], options, cast)
+    if aligned is by_ref:
         return base, models, vocab
-    wrapped = [AlignedSource(src, ref, *aligned) for ref, src in zip(refs, opened)]
+    wrapped = [aligned[ref] for ref in refs]
     return (wrapped[0], wrapped[1:], vocab) if base is not None else (None, wrapped, vocab)
+
+
+def align_slice_models(cfg: Any, models: dict[str, Any], donor: str, options: MergeOptions, cast: torch.dtype | None) -> Vocabulary | None:
+    """`align_by_reference` for a `slices:` merge: each opened model's `source` replaced by its
+    aligned view. As in mergekit, embeddings are merged from the first slice's models (its base),
+    lm_head from the last slice's, so each is aligned among those models only. Without a
+    tokenizer configuration the row counts are left to the plan's shape check (per tensor)."""
+    if tokenizer_source(cfg) is None and not options.unsafe_truncate_embeddings:
+        return None
+    first = models[cfg.slices[0].sources[0].model]
+    ends = {"pre": 0, "post": len(cfg.slices) - 1}
+    members = {name: (tuple(dict.fromkeys(s.model for s in cfg.slices[ends[r.kind]].sources)), cfg.slice_base(ends[r.kind]))
+               for name, r in first.roles.items() if r.kind in ends and is_vocab_tensor(name)}  # fmt: skip
+    sources = {ref: m.source for ref, m in models.items()}
+    reference = cfg.slices[0].sources[0].model
+    aligned, vocab = align_by_reference(cfg, sources, donor, reference, options, cast, members)
+    for ref, m in models.items():
+        m.source = aligned[ref]
+    return vocab

@@ -44,7 +44,7 @@ from .binder import bind_parameters
 from .config import MergeConfig
 from .memory import reuse_freed_memory
 from .plan import MergeOptions, MergePlan, NanPolicy, TensorPlan, default_chunk, plan_merge
-from .embeddings import align_vocabularies
+from .embeddings import align_slice_models, align_vocabularies
 from .side_files import copy_side_files, num_layers_of
 from .slices import as_models, donor_of, opened_models, plan_slices, set_layer_count
 from .tokenizer import write_tokenizer
@@ -326,8 +326,9 @@ def _planned(cfg: MergeConfig, options: MergeOptions, device: torch.device) -> I
     opened sources (closed on exit); the layer count only for `slices:` (None: the donor's)."""
     if cfg.slices is not None:
         with opened_models(cfg, options.allow_pickle) as models:
+            vocab = align_slice_models(cfg, models, donor_of(cfg), options, cfg.torch_dtype("dtype"))
             plan, layers = plan_slices(cfg, models, options, device)
-            yield plan, donor_of(cfg), None, layers
+            yield plan, donor_of(cfg), vocab, layers
         return
     base_ref = cfg.base_model if cfg.method.base != "none" else None
     layers_from = base_ref or cfg.models[0].model

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -103,10 +103,28 @@ class Vocabulary:
 
     tokenizer: Any  # transformers.PreTrainedTokenizerBase
     size: int  # rows of the output embedding (len(vocab) padded up to pad_to_multiple_of)
-    tokens: int  # len(vocab)
+    ids: dict[str, int]  # the output vocabulary
     perms: dict[str, list[int]]
-    forced: set[int]
-    defaults: dict[int, Default]
+    specs: dict[str, TokenEmbedding] = field(default_factory=dict)  # the configured tokens
+    originals: dict[str, dict[str, int]] = field(default_factory=dict)  # each model's own vocabulary
+    base: str | None = None
+    _cache: dict[tuple, dict[int, Default]] = field(default_factory=dict, repr=False)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def forced(self) -> set[int]:
+        return {self.ids[t] for t, spec in self.specs.items() if spec.force}
+
+    def defaults(self, refs: tuple[str, ...], base: str | None) -> dict[int, Default]:
+        """Each output id's row for those of `refs` (the models one tensor is merged from) that
+        lack the token (for all of them when forced); `base` is the base model, if among them."""
+        key = (refs, base)
+        if key not in self._cache:
+            self._cache[key] = _defaults(self.ids, {r: self.perms[r] for r in refs}, self.specs, self.originals, base)
+        return self._cache[key]
 
 
 def _load_tokenizer(ref: str) -> Any:
@@ -187,15 +205,14 @@ def build_vocabulary(cfg: Any, base_ref: str, models: list[str]) -> Vocabulary:
             perm[new] = old if old < sizes[ref] else -1
         perms[ref] = perm
     originals = {ref: tokenizers.get(ref, tokenizers[base_ref]).get_vocab() for ref in models}
-    defaults, forced = _defaults(vocab, perms, specs, originals, cfg.base_model)
     multiple = cfg.tokenizer.pad_to_multiple_of if cfg.tokenizer is not None else None
     size = -(-len(vocab) // multiple) * multiple if multiple else len(vocab)
-    return Vocabulary(out, size, len(vocab), perms, forced, defaults)
+    return Vocabulary(out, size, vocab, perms, dict(specs), originals, cfg.base_model)
 
 
 def _defaults(vocab: dict[str, int], perms: dict[str, list[int]], specs: dict[str, TokenEmbedding],
-              originals: dict[str, dict[str, int]], base: str | None) -> tuple[dict[int, Default], set[int]]:  # fmt: skip
-    """Each output id's row for the models that lack the token (every model's when forced)."""
+              originals: dict[str, dict[str, int]], base: str | None) -> dict[int, Default]:  # fmt: skip
+    """See `Vocabulary.defaults`."""
     defaults: dict[int, Default] = {}
     forced = {vocab[t] for t, spec in specs.items() if spec.force}
     for token, new in vocab.items():
@@ -207,7 +224,7 @@ def _defaults(vocab: dict[str, int], perms: dict[str, list[int]], specs: dict[st
         if isinstance(source, ZeroToken):
             defaults[new] = ("zero",)
         elif isinstance(source, (ModelToken, str)) and (source.model if isinstance(source, ModelToken) else source) not in perms:
-            raise ConfigError(f"tokenizer.tokens[{token!r}].source: that model is not one of the merged models")
+            raise ConfigError(f"tokenizer.tokens[{token!r}].source: that model is not among the models this tensor is merged from")
         elif isinstance(source, ModelToken):
             old = source.token_id if source.token_id is not None else originals[source.model].get(source.token, -1)
             if old < 0:
@@ -226,7 +243,7 @@ def _defaults(vocab: dict[str, int], perms: dict[str, list[int]], specs: dict[st
             defaults[new] = ("own", base)
         else:
             defaults[new] = ("mean", tuple(present))
-    return defaults, forced
+    return defaults
 
 
 def resolve_chat_template(cfg: Any) -> str | None:

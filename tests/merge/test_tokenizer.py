@@ -170,8 +170,7 @@ def test_config_errors(llamas):
 def test_mean_of_present_rows_without_base():
     """A token two of three models have, no base: the mean of their rows; the third model
     borrows it (mergekit's rule), forced tokens aside."""
-    vocab = Vocabulary(tokenizer=None, size=2, tokens=2, perms={"p": [0, 1], "q": [1, -1], "r": [-1, 0]},
-                       forced=set(), defaults={0: ("mean", ("p", "q")), 1: ("mean", ("p", "r"))})  # fmt: skip
+    vocab = Vocabulary(tokenizer=None, size=2, ids={"s": 0, "t": 1}, perms={"p": [0, 1], "q": [1, -1], "r": [-1, 0]})
     tensors = {"p": torch.tensor([[1.0], [2.0]]), "q": torch.tensor([[3.0], [5.0]]), "r": torch.tensor([[7.0]])}
     out = aligned_rows(vocab, "w", tensors)
     assert out["p"].flatten().tolist() == [1.0, 2.0]
@@ -206,3 +205,19 @@ def test_union_of_bert_tokenizers(tmp_path):
     # specials (same ids) and shared tokens (a: A 5, B 7; b: A 6, B 5): means; c: A's row; x: B's row
     assert _rows(out, "embeddings.word_embeddings.weight") == [15.0, 16.0, 17.0, 18.0, 19.0, 21.0, 20.5, 17.0, 26.0]
     assert AutoModel.from_pretrained(str(out)).embeddings.word_embeddings.weight.shape[0] == 9
+
+
+def test_union_in_a_frankenmerge(tmp_path, llamas):
+    """slices: the embeddings are merged from the first slice's model only (A), lm_head from the
+    last slice's (B), so each is aligned among that model alone, as mergekit does: a token that
+    model lacks has no row to borrow and gets zeros."""
+    cfg = {"merge_method": "passthrough", "tokenizer_source": "union",
+           "slices": [{"sources": [{"model": str(llamas["A"]), "layer_range": [0, 1]}]},
+                      {"sources": [{"model": str(llamas["B"]), "layer_range": [0, 1]}]}]}  # fmt: skip
+    with pytest.warns(UserWarning, match="is in no model"):
+        run_merge(load_merge_config(cfg), tmp_path / "out", MergeOptions(progress=False))
+    out = tmp_path / "out"
+    assert _vocab(out) == {"[UNK]": 0, "a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7}
+    assert _rows(out) == [10.0, 11.0, 12.0, 13.0, 14.0, 0.0, 0.0, 0.0]
+    assert _rows(out, "lm_head.weight") == [40.0, 43.0, 41.0, 0.0, 0.0, 42.0, 44.0, 45.0]
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
