@@ -21,7 +21,7 @@ from .errors import MergekitHetError, excerpt
 from .runtime.files import Terminated, terminate_as_interrupt
 
 # Each name is a module `mergekit_het.commands.<name>` with `add_parser(subparsers)` and `run(args)`.
-COMMANDS: list[str] = ["merge", "push", "eval", "finetune", "quickstart", "federated", "continual", "extract_lora"]
+COMMANDS: list[str] = ["merge", "push", "eval", "finetune", "quickstart", "federated", "continual", "extract_lora", "stats"]
 MAX_MESSAGE = 1000  # characters of an error line
 MAX_WORD = 300  # a longer path or value is shown as an excerpt
 _LONG_WORD = re.compile(rf"\S{{{MAX_WORD + 1},}}")

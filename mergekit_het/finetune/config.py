@@ -84,6 +84,18 @@ class TrainConfig(StrictModel):
         return max(1, math.ceil((self.budget_fraction or 1.0) * self.max_steps))
 
 
+class StatsConfig(StrictModel):
+    """Merge statistics written beside the finished expert (`finetune/statistics.py`; for the
+    `regmean` and `fisher` merge methods): `examples` > 0 turns them on."""
+
+    examples: int = Field(0, ge=0)  # examples drawn from `split` (0: no statistics)
+    split: Literal["train", "validation"] = "train"
+    gram: bool = True
+    fisher: bool = False
+    mask_padding: bool = False
+    batch_size: int = Field(16, ge=1)
+
+
 class OutputConfig(StrictModel):
     dir: Path
     overwrite: bool = False
@@ -101,6 +113,7 @@ class FinetuneConfig(StrictModel):
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
     output: OutputConfig
+    stats: StatsConfig = StatsConfig()
     resume: bool = False
 
     @model_validator(mode="after")

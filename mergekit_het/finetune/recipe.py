@@ -150,11 +150,23 @@ class FinetuneRecipe:
             write_history(self.history, folder)
             io.publish(folder, self.out, cfg.output.overwrite)
             shutil.rmtree(self.work, ignore_errors=True)
+            if cfg.stats.examples:
+                self._write_statistics()
             acc.print(f"wrote {self.out}: validation accuracy {metrics['validation_accuracy']:.4f}, "
                       f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['samples_per_second']} samples/s")
         acc.wait_for_everyone()
         acc.end_training()
         return info
+
+    def _write_statistics(self) -> None:
+        """`merge_stats.safetensors` of the published expert (`stats:` in the config)."""
+        from .statistics import expert_statistics
+
+        st = self.cfg.stats
+        path = expert_statistics(self.out, self.data.task, examples=st.examples, split=st.split, batch_size=st.batch_size,
+                                 max_length=self.cfg.data.max_length, device=str(self.accelerator.device), gram=st.gram,
+                                 fisher=st.fisher, mask_padding=st.mask_padding, seed=self.cfg.train.seed)  # fmt: skip
+        self.accelerator.print(f"wrote {path}")
 
     def _info(self, step: int, metrics: dict) -> dict:
         data = self.data

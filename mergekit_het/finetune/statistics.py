@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..data.tasks import TaskSpec, load_split, num_labels_of
 from ..errors import ConfigError
+from ..io.statistics import STATS_FILE, save
 from .talos import HEAD_NAMES, length_groups, per_example_grads, per_example_logits, task_logits
 
 
@@ -120,3 +123,44 @@ def match_names(stats: Mapping[str, torch.Tensor], file_names: Iterable[str]) ->
         if hits:
             out[f"{hits[0]}.{kind}"] = t
     return out
+
+
+def expert_statistics(expert: str | Path, task: TaskSpec, *, examples: int = 256, split: str = "train",
+                      batch_size: int = 16, max_length: int = 128, device: str = "auto", gram: bool = True,
+                      fisher: bool = False, mask_padding: bool = False, seed: int = 0) -> Path:  # fmt: skip
+    """Compute an expert's statistics on `examples` random rows (seed `seed`) of its task's
+    `split` and write `expert/merge_stats.safetensors` (returns its path). The expert is a
+    frozen-head folder (encoder + head.safetensors) or a sequence classifier."""
+    from ..io.resolve import open_model
+    from ..models.classifier import PooledClassifier
+    from ..models.encoder import HEAD_FILE, load_classifier, load_tokenizer
+    from ..runtime.batching import eval_batches, tokenize
+    from ..runtime.device import resolve_device
+
+    folder = Path(expert)
+    if not gram and not fisher:
+        raise ConfigError("nothing to compute: ask for the Gram matrices, the Fisher, or both")
+    dev = resolve_device(device, "device")
+    model = (PooledClassifier.from_folder(folder) if (folder / HEAD_FILE).is_file()
+             else load_classifier(folder, num_labels_of(task))).to(dev)  # fmt: skip
+    tokenizer = load_tokenizer(folder)
+    ds = load_split(task, split)
+    ds = ds.shuffle(seed=seed).select(range(min(examples, len(ds))))
+    rows = tokenize(ds, tokenizer, max_length)
+
+    def batches():
+        return [b for _, b in eval_batches(rows, tokenizer, batch_size, device=dev)]
+
+    stats: dict[str, torch.Tensor] = {}
+    if gram:
+        stats.update(gram_statistics(model, batches(), mask_padding))
+    if fisher:
+        stats.update(fisher_statistics(model, batches()))
+    src = open_model(str(folder))
+    try:
+        stats = match_names(stats, src.names())
+    finally:
+        src.close()
+    path = folder / STATS_FILE
+    save(path, stats, {"task": task.name, "split": split, "examples": str(len(rows)), "mask_padding": str(mask_padding)})
+    return path
