@@ -23,6 +23,7 @@ pad_to_multiple_of}` (not both), and `chat_template` (a built-in name, `auto`, o
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -149,7 +150,30 @@ def _vocab_size(ref: str, tokenizer: Any) -> int:
     return size if type(size) is int and size > 0 else len(tokenizer)
 
 
-def _union(base: Any, tokenizers: dict[str, Any], sizes: dict[str, int], base_ref: str) -> Any:
+def _stripped(tokenizer: Any, size: int, ref: str) -> Any:
+    """The base tokenizer without its tokens of id >= the model's `vocab_size` (no embedding row),
+    as mergekit does: only for a fast BPE tokenizer, whose merges using or making them are dropped too."""
+    unused = {t for t, i in tokenizer.get_vocab().items() if i >= size}
+    if not unused:
+        return tokenizer
+    state = json.loads(tokenizer.backend_tokenizer.to_str()) if tokenizer.is_fast else {}
+    kind = state.get("model", {}).get("type", "slow")
+    if kind != "BPE":
+        raise ConfigError(f"{ref}: its {kind} tokenizer has {len(unused)} token(s) beyond vocab_size {size}; "
+                          "only a fast BPE tokenizer can be stripped of them for tokenizer merging")  # fmt: skip
+    from tokenizers import Tokenizer
+
+    state["added_tokens"] = [e for e in state["added_tokens"] if e["id"] < size]
+    state["model"]["vocab"] = {t: i for t, i in state["model"]["vocab"].items() if t not in unused}
+    pairs = [m.split(" ") if isinstance(m, str) else m for m in state["model"]["merges"]]
+    keep = [not unused.intersection([*pair, "".join(pair)]) for pair in pairs]  # mergekit keeps a merge making one: a load error
+    state["model"]["merges"] = [m for m, k in zip(state["model"]["merges"], keep) if k]
+    out = copy.deepcopy(tokenizer)
+    out._tokenizer = Tokenizer.from_str(json.dumps(state))
+    return out
+
+
+def _union(base: Any, tokenizers: dict[str, Any], sizes: dict[str, int]) -> Any:
     """The base tokenizer (a fresh copy) plus every other model's regular tokens it lacks, then
     every added token, in model order and by increasing id."""
     regular: dict[str, None] = {}
@@ -165,7 +189,7 @@ def _union(base: Any, tokenizers: dict[str, Any], sizes: dict[str, int], base_re
             if info.content in added and added[info.content] != info:
                 warnings.warn(f"token {info.content!r} is added with different settings in {ref}; the first is kept", stacklevel=3)
             added.setdefault(info.content, info)
-    out = _load_tokenizer(base_ref)
+    out = copy.deepcopy(base)
     have = base.get_vocab()
     out.add_tokens([t for t in regular if t not in have and t not in added])
     for info in added.values():
@@ -184,11 +208,12 @@ def build_vocabulary(cfg: Any, base_ref: str, models: list[str]) -> Vocabulary:
         except ConfigError as exc:
             warnings.warn(f"{exc}; assuming the vocabulary of {base_ref}", stacklevel=2)
     sizes = {ref: _vocab_size(ref, tokenizers.get(ref, tokenizers[base_ref])) for ref in refs}
+    tokenizers[base_ref] = _stripped(tokenizers[base_ref], sizes[base_ref], base_ref)
     source = tokenizer_source(cfg)
     if source == "union":
-        out = _union(tokenizers[base_ref], tokenizers, sizes, base_ref)
+        out = _union(tokenizers[base_ref], tokenizers, sizes)
     else:
-        out = _load_tokenizer(base_ref if source == "base" else source)
+        out = copy.deepcopy(tokenizers[base_ref]) if source == "base" else _load_tokenizer(source)
     specs = (cfg.tokenizer.tokens or {}) if cfg.tokenizer is not None else {}
     missing = [t for t in specs if t not in out.get_vocab()]
     if missing:

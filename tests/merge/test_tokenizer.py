@@ -221,3 +221,23 @@ def test_union_in_a_frankenmerge(tmp_path, llamas):
     assert _rows(out) == [10.0, 11.0, 12.0, 13.0, 14.0, 0.0, 0.0, 0.0]
     assert _rows(out, "lm_head.weight") == [40.0, 43.0, 41.0, 0.0, 0.0, 42.0, 44.0, 45.0]
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def _save_bpe_tokenizer(folder: Path, tokens: list[str], merges: list[tuple[str, str]]) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(str(folder))
+
+
+def test_base_tokens_beyond_vocab_size_are_stripped(tmp_path, llamas):
+    """A's tokenizer has a 6th token 'ab' but its model only 5 rows: the output drops it (and
+    the merge that makes it), as mergekit does for BPE; another kind of tokenizer is refused."""
+    _save_bpe_tokenizer(llamas["A"], VOCAB_A + ["ab"], [("a", "b")])
+    out = _merge(tmp_path, llamas, tokenizer_source="base")
+    assert _by_token(out) == {"[UNK]": 15.0, "a": 17.0, "b": 16.5, "c": 13.0, "d": 14.0}
+    _save_tokenizer(llamas["A"], VOCAB_A + ["ab"])
+    with pytest.raises(ConfigError, match=r"A: its WordLevel tokenizer has 1 token\(s\) beyond vocab_size 5"):
+        _merge(tmp_path, llamas, tokenizer_source="base")
