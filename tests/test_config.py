@@ -101,3 +101,32 @@ def test_config_layer_stacking_slices_accepted():
         "slices": [{"sources": [{"model": "a", "layer_range": [0, 2]}]}, {"sources": [{"model": "b", "layer_range": [2, 4]}]}],
     })  # fmt: skip
     assert [sl.sources[0].model for sl in c.slices] == ["a", "b"]
+
+
+def test_five_mistakes_in_one_report(tmp_path, tiny_models):
+    """A misspelt key, method and parameter, a string weight and a wrong path: all five in one run,
+    each naming where it is."""
+    p = tmp_path / "cfg.yml"
+    p.write_text(f"""merge_method: tie
+base_model: {tiny_models['base']}
+paramters: {{lambda: 1.0}}
+models:
+  - model: {tiny_models['e0']}
+    parameters: {{weight: "heavy", densty: 0.5}}
+  - model: {tmp_path / 'nowhere'}
+    parameters: {{weight: 1, density: 0.5}}
+""")
+    with pytest.raises(ConfigError) as err:
+        load_merge_config(p)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for part in ["unknown key 'paramters' (did you mean 'parameters'?)", "merge_method 'tie' is unknown",
+                 "did you mean 'ties'", "models[0] (", ".parameters: 'densty' is not a parameter of ties (did you mean 'density'?)",
+                 ".parameters.weight: expected a number, got 'heavy'", f"models[1].model: model path {tmp_path / 'nowhere'} does not exist"]:
+        assert part in msg, (part, msg)
+
+
+def test_did_you_mean_only_when_close():
+    with pytest.raises(ConfigError) as err:
+        load_merge_config(cfg(zzzzqq=1, parameters={"xyzzy": 1}))
+    assert "did you mean" not in str(err.value)

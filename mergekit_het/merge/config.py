@@ -78,9 +78,7 @@ class MergeConfig(BaseModel):
     def inputs(self) -> list[ModelEntry]:
         """The models merged against the base: `models` without the base model itself
         (for methods that take a base; mergekit skips it there)."""
-        if self.method.base == "none":
-            return list(self.models)
-        return [m for m in self.models if m.model != self.base_model]
+        return merged_models(self, self.method)
 
     def referenced_models(self) -> list[str]:
         """Every model the config names, in order of appearance, each once."""
@@ -99,6 +97,13 @@ class MergeConfig(BaseModel):
     def torch_dtype(self, key: str = "dtype") -> torch.dtype | None:
         value = getattr(self, key)
         return None if value is None else DTYPES[value]
+
+
+def merged_models(cfg: MergeConfig, method: MergeMethod) -> list[ModelEntry]:
+    """`cfg.models` without the base model if `method` takes one (`MergeConfig.inputs`)."""
+    if method.base == "none":
+        return list(cfg.models)
+    return [m for m in cfg.models if m.model != cfg.base_model]
 
 
 def load_merge_config(source: str | Path | Mapping[str, Any], *, check_paths: bool | None = None) -> MergeConfig:
@@ -203,7 +208,7 @@ def validate(cfg: MergeConfig) -> list[str]:
         problems.append(f"merge_method '{method.name}' needs base_model")
     if method.base == "none" and cfg.base_model and cfg.base_model not in {m.model for m in cfg.models}:
         problems.append(f"merge_method '{method.name}' takes no base_model; list '{cfg.base_model}' under models instead")
-    problems += _count_problems(method, len(cfg.inputs()), "")
+    problems += _count_problems(method, len(merged_models(cfg, method)), "")
     problems += _parameter_problems(cfg, method)
     return problems
 
@@ -214,7 +219,7 @@ def _method(name: str, where: str, problems: list[str]) -> MergeMethod | None:
     try:
         return get_method(name)
     except ConfigError as exc:
-        problems.append(f"{where}: {exc}")
+        problems.append(str(exc) if where == "merge_method" else f"{where}: {exc}")
     close = difflib.get_close_matches(name, list(METHODS), n=1, cutoff=0.7)
     return get_method(close[0]) if close else None
 
@@ -254,13 +259,14 @@ def _slice_problems(cfg: MergeConfig, top: MergeMethod | None) -> list[str]:
             problems.append(f"{where}: base_model '{base}' is not one of the slice's sources (list it there with its layer_range)")
         merged = [(j, s) for j, s in enumerate(sl.sources) if s.model != base]
         problems += _count_problems(method, len(merged), f"{where}: ")
-        problems += _slice_parameter_problems(cfg, method if sl.merge_method else None, i, merged)
+        problems += _slice_parameter_problems(cfg, method, i, merged)
     return problems
 
 
-def _slice_parameter_problems(cfg: MergeConfig, own_method: MergeMethod | None, i: int, merged: list) -> list[str]:
-    """Slice `i`'s parameters and its sources', and the required ones present at some level."""
-    sl, method = cfg.slices[i], own_method or cfg.method
+def _slice_parameter_problems(cfg: MergeConfig, method: MergeMethod, i: int, merged: list) -> list[str]:
+    """Slice `i`'s parameters and its sources', and the required ones present at some level
+    (the top-level ones `method` takes count)."""
+    sl = cfg.slices[i]
     top = {k: v for k, v in cfg.parameters.items() if k in method.params}
     labels = [f"slices[{i}].sources[{j}] ({s.model}).parameters" for j, s in merged]
     problems = check_parameters(method, sl.parameters, [s.parameters for _, s in merged], model_labels=labels,
@@ -280,7 +286,7 @@ def _slice_parameter_problems(cfg: MergeConfig, own_method: MergeMethod | None, 
 def _parameter_problems(cfg: MergeConfig, method: MergeMethod) -> list[str]:
     """The binder's problems with the top-level and per-model parameters (a base listed under
     `models` is checked too, though it is not merged)."""
-    inputs = cfg.inputs()
+    inputs = merged_models(cfg, method)
     labels = [f"models[{i}] ({e.model}).parameters" for i, e in enumerate(cfg.models)]
     merged = [(label, e.parameters) for label, e in zip(labels, cfg.models) if any(e is m for m in inputs)]
     skipped = [(label, e.parameters) for label, e in zip(labels, cfg.models) if not any(e is m for m in inputs)]
