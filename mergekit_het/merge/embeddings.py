@@ -17,6 +17,7 @@ when the reference model has an lm_head.
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from typing import Any
@@ -100,6 +101,7 @@ class _Group:
         self.sources, self.vocab, self.cast, self.rows = sources, vocab, cast, {}
         self.members = members or {}  # per tensor: the models it is merged from and their base (default: all)
         self._last: tuple[str, dict[str, Tensor]] | None = None
+        self._served: set[str] = set()  # models that have read all of the last aligned tensor
         self._lock = threading.Lock()
 
     def source_name(self, ref: str, name: str) -> str:
@@ -107,7 +109,9 @@ class _Group:
         have = self.sources[ref].names()
         return TIED_TO if name == LM_HEAD and name not in have and TIED_TO in have else name
 
-    def read(self, ref: str, name: str) -> Tensor:
+    def read(self, ref: str, name: str, done: bool = True) -> Tensor:
+        """Model `ref`'s tensor `name`; `done`: its last piece is being read. The aligned group
+        is freed once every model has read all of it (read again, it is recomputed)."""
         if self.vocab is None:  # truncation (or a tied lm_head): the first rows of the model's own tensor
             return self.sources[ref].read(self.source_name(ref, name))[: self.rows.get(name)]
         with self._lock:
@@ -118,8 +122,12 @@ class _Group:
                 for r in refs + (() if ref in refs else (ref,)):
                     t = self.sources[r].read(self.source_name(r, name))
                     inputs[r] = t.to(self.cast) if self.cast is not None and t.is_floating_point() else t
-                self._last = (name, aligned_rows(self.vocab, name, inputs, base))
-            return self._last[1][ref]
+                self._last, self._served = (name, aligned_rows(self.vocab, name, inputs, base)), set()
+            t = self._last[1][ref]
+            self._served |= {ref} if done else set()
+            if self._served >= set(self._last[1]):
+                self._last = None
+            return t
 
 
 class AlignedSource:
@@ -149,7 +157,8 @@ class AlignedSource:
     def read_range(self, name: str, start: int, stop: int, pin_memory: bool = False) -> Tensor:
         if name not in self._shapes or self._group.vocab is None:  # truncated rows are a flat prefix
             return self._inner.read_range(self._group.source_name(self._ref, name), start, stop, pin_memory)
-        t = self._group.read(self._ref, name).reshape(-1)[start:stop]
+        shape = self._shapes[name][0]
+        t = self._group.read(self._ref, name, done=stop >= math.prod(shape)).reshape(-1)[start:stop]
         return t.pin_memory() if pin_memory else t
 
     def close(self) -> None:

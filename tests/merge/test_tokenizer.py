@@ -241,3 +241,32 @@ def test_base_tokens_beyond_vocab_size_are_stripped(tmp_path, llamas):
     _save_tokenizer(llamas["A"], VOCAB_A + ["ab"])
     with pytest.raises(ConfigError, match=r"A: its WordLevel tokenizer has 1 token\(s\) beyond vocab_size 5"):
         _merge(tmp_path, llamas, tokenizer_source="base")
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_chunked_equals_whole(tmp_path, llamas, chunk):
+    """TIES over chunks of 5 elements (its statistics pass reads the aligned rows twice) equals
+    the whole-tensor merge."""
+    cfg = load_merge_config({"merge_method": "ties", "base_model": str(llamas["A"]), "tokenizer_source": "union",
+                             "parameters": {"density": 0.5}, "models": [{"model": str(llamas["B"]), "parameters": {"weight": 1.0}}]})  # fmt: skip
+    state = run_merge(cfg, None, MergeOptions(progress=False, chunk_size=chunk)).state
+    whole = run_merge(cfg, None, MergeOptions(progress=False, chunk_size=10**6)).state
+    assert state.keys() == whole.keys() and all(torch.equal(state[n], whole[n]) for n in whole)
+    assert state["model.embed_tokens.weight"].shape == (8, H)
+
+
+def test_aligned_group_freed_once_every_model_read_it():
+    from mergekit_het.io.sources import StateDictSource
+    from mergekit_het.merge.embeddings import AlignedSource, align_sources
+
+    name = "model.embed_tokens.weight"
+    vocab = Vocabulary(tokenizer=None, size=2, ids={"s": 0, "t": 1}, perms={"p": [0, 1], "q": [1, 0]})
+    sources = {"p": StateDictSource({name: torch.tensor([[1.0], [2.0]])}), "q": StateDictSource({name: torch.tensor([[3.0], [4.0]])})}
+    group, shapes = align_sources(sources, "p", vocab, False, None)
+    p, q = (AlignedSource(sources[r], r, group, shapes) for r in "pq")
+    assert p.read_range(name, 0, 1).tolist() == [1.0]
+    assert q.read(name).flatten().tolist() == [4.0, 3.0]
+    assert group._last is not None  # p has not read its last piece yet
+    assert p.read_range(name, 1, 2).tolist() == [2.0]
+    assert group._last is None
+    assert q.read(name).flatten().tolist() == [4.0, 3.0]  # recomputed on demand
