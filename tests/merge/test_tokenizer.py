@@ -270,3 +270,24 @@ def test_aligned_group_freed_once_every_model_read_it():
     assert p.read_range(name, 1, 2).tolist() == [2.0]
     assert group._last is None
     assert q.read(name).flatten().tolist() == [4.0, 3.0]  # recomputed on demand
+
+
+def test_chat_template_auto_and_without_tokenizer_merging(tmp_path, llamas):
+    from transformers import AutoTokenizer
+
+    for name, template in (("A", "{{ 'A' }}{% for m in messages %}{{ m['content'] }}{% endfor %}"),
+                           ("B", "{{ 'B' }}{% for m in messages %}{{ m['content'] }}{% endfor %}")):  # fmt: skip
+        tok = AutoTokenizer.from_pretrained(str(llamas[name]))
+        tok.chat_template = template
+        tok.save_pretrained(str(llamas[name]))
+    chat = [{"role": "user", "content": "hi"}]
+    out = _merge(tmp_path, llamas, tokenizer_source="union", chat_template="auto")  # a tie: the first model's
+    assert AutoTokenizer.from_pretrained(str(out)).apply_chat_template(chat, tokenize=False) == "Ahi"
+    cfg = {"merge_method": "linear", "chat_template": "{% for m in messages %}[{{ m['content'] }}]{% endfor %}",
+           "models": [{"model": str(llamas["B"]), "parameters": {"weight": 1.0}}] * 2}  # fmt: skip
+    run_merge(load_merge_config(cfg), tmp_path / "same", MergeOptions(progress=False))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "same"))
+    assert tok.apply_chat_template(chat, tokenize=False) == "[hi]" and tok.get_vocab() == {t: i for i, t in enumerate(VOCAB_B)}
+    with pytest.warns(UserWarning, match="template is not saved"):
+        run_merge(load_merge_config(cfg), tmp_path / "bare", MergeOptions(progress=False, copy_tokenizer=False))
+    assert not (tmp_path / "bare" / "tokenizer.json").exists()
