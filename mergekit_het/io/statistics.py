@@ -25,7 +25,6 @@ from ..errors import ConfigError
 from .sources import SafetensorsModel, StateDictSource, TensorSource
 
 STATS_FILE = "merge_stats.safetensors"
-KINDS = ("gram", "gram_rows", "fisher")
 COUNTS = {"fisher": "fisher_examples"}  # model-wide counts (a Gram's rows are counted per weight)
 
 
