@@ -93,6 +93,14 @@ def _default_row(default: tuple, vocab: Vocabulary, tensors: dict[str, Tensor], 
     return acc / len(default[1])
 
 
+def _unchanged(vocab: Vocabulary, metas: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> bool:
+    """Every model already holds the output vocabulary's rows in its order, in one dtype, no
+    token forced and no padding: alignment would copy the tensors unchanged."""
+    identity = list(range(vocab.size))
+    return (vocab.size == vocab.tokens and not vocab.forced and len({d for _, d in metas.values()}) == 1
+            and all(shape[0] == vocab.size and vocab.perms[r] == identity for r, (shape, _) in metas.items()))  # fmt: skip
+
+
 class _Group:
     """The aligned (or truncated) token-indexed tensors of every model, one tensor name at a time."""
 
@@ -178,6 +186,8 @@ def align_sources(sources: dict[str, TensorSource], reference: str, vocab: Vocab
     shapes: dict[str, tuple[tuple[int, ...], torch.dtype | None]] = {}
     for name, by_ref in metas.items():
         (shape, dtype), counts = by_ref[reference], {r: s[0][0] for r, s in by_ref.items() if s[0]}
+        if vocab is not None and _unchanged(vocab, by_ref):
+            continue  # read (and chunked) as is
         if vocab is not None:
             for _, d in by_ref.values():
                 dtype = torch.promote_types(dtype, d)

@@ -291,3 +291,15 @@ def test_chat_template_auto_and_without_tokenizer_merging(tmp_path, llamas):
     with pytest.warns(UserWarning, match="template is not saved"):
         run_merge(load_merge_config(cfg), tmp_path / "bare", MergeOptions(progress=False, copy_tokenizer=False))
     assert not (tmp_path / "bare" / "tokenizer.json").exists()
+
+
+def test_identical_vocabularies_are_not_realigned(tmp_path, llamas):
+    """tokenizer_source: base over models sharing A's vocabulary reads the rows as they are."""
+    from mergekit_het.merge.embeddings import align_vocabularies
+    from mergekit_het.io.resolve import open_model
+
+    cfg = load_merge_config({"merge_method": "linear", "tokenizer_source": "base",
+                             "models": [{"model": str(llamas["A"]), "parameters": {"weight": 1.0}}] * 2})  # fmt: skip
+    models = [open_model(str(llamas["A"])) for _ in range(2)]
+    base, aligned, vocab = align_vocabularies(cfg, None, None, models, MergeOptions(), None)
+    assert aligned == models and vocab.size == 5
