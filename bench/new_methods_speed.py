@@ -38,11 +38,12 @@ def write_config(method: str, folders: list[Path], path: Path) -> Path:
     return path
 
 
-def merge_once(method: str, folders: list[Path], work: Path, device: str, gpu) -> dict:
+def merge_once(method: str, folders: list[Path], work: Path, device: str, gpu, threads: int | None = None) -> dict:
     config = write_config(method, folders, work / f"{method}.yml")
     out = work / f"out-{method}-{device.replace(':', '')}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "mergekit_het.cli", "merge", str(config), str(out), "--device", device, "--overwrite"]
+    cmd += ["--threads", str(threads)] if threads else []
     m = run_measured(cmd, work / f"{method}-{device.replace(':', '')}.log", env=env, gpu=gpu)
     if m.returncode != 0:
         raise SystemExit(f"{method} on {device} failed (exit {m.returncode}); see {work / f'{method}.log'}")
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--methods", default="ties,tsv,iso_cts", help="comma-separated; ties first gives the ratios")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, help="torch threads of every merge (on a loaded machine 1: LAPACK's threads"
+                                              " spin against other processes, a 2048x768 SVD took 20 s on 2 busy cores, 1.3 s on 1)")
     p.add_argument("--compare-cpu", action="store_true", help="on a GPU: also merge on the CPU and print max |Δ|")
     p.add_argument("--work", type=Path, default=REPO / "bench" / "_work" / "new_methods")
     p.add_argument("--ckpt", type=Path, help="existing checkpoints folder (base/ expert1/ ...)")
@@ -87,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     methods = args.methods.split(",")
     results = []
     for method in methods:
-        runs = [merge_once(method, folders, args.work, args.device, gpu) for _ in range(args.repeats)]
+        runs = [merge_once(method, folders, args.work, args.device, gpu, args.threads) for _ in range(args.repeats)]
         best = min(runs, key=lambda r: r["wall_s"])
         if args.compare_cpu and args.device != "cpu":
-            cpu = merge_once(method, folders, args.work, "cpu", None)
+            cpu = merge_once(method, folders, args.work, "cpu", None, args.threads)
             best["max_abs_diff_vs_cpu"], best["max_rel_diff_vs_cpu"] = max_difference(Path(best["out"]), Path(cpu["out"]))
             best["cpu_wall_s"] = cpu["wall_s"]
             shutil.rmtree(cpu["out"], ignore_errors=True)
