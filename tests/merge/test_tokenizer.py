@@ -303,3 +303,11 @@ def test_identical_vocabularies_are_not_realigned(tmp_path, llamas):
     models = [open_model(str(llamas["A"])) for _ in range(2)]
     base, aligned, vocab = align_vocabularies(cfg, None, None, models, MergeOptions(), None)
     assert aligned == models and vocab.size == 5
+
+
+def test_a_tied_model_beside_an_untied_one(tmp_path):
+    """B ties its lm_head to its embeddings (no lm_head.weight): its embedding rows stand in."""
+    a = _save_llama(tmp_path / "A", VOCAB_A, 10, 30)
+    b = _save_llama(tmp_path / "B", VOCAB_B, 20, 0, tied=True)
+    out = _merge(tmp_path, {"A": a, "B": b}, tokenizer_source="union")
+    assert _rows(out, "lm_head.weight") == [25.0, 27.0, 26.5, 33.0, 34.0, 22.0, 24.0, 25.0]
