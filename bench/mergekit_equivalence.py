@@ -49,8 +49,8 @@ class Case:
     params: dict = field(default_factory=dict)
     random: bool = False
 
-    def config(self, folders: list[Path]) -> dict:
-        cfg: dict = {"merge_method": self.method, "dtype": "float32"}
+    def config(self, folders: list[Path], dtype: str = "float32") -> dict:
+        cfg: dict = {"merge_method": self.method, "dtype": dtype}
         if self.base:
             cfg["base_model"] = str(folders[0])
         params = self.model_params or tuple({} for _ in self.models)
@@ -111,13 +111,14 @@ def run(cmd: list[str], log: Path) -> float:
 
 def compare_case(case: Case, folders: list[Path], tmp: Path, args: argparse.Namespace) -> dict:
     config = tmp / f"{case.label}.yml"
-    config.write_text(yaml.safe_dump(case.config(folders), sort_keys=False))
+    config.write_text(yaml.safe_dump(case.config(folders, args.dtype), sort_keys=False))
     row = {"config": case.label, "method": case.method}
     seed = ["--random-seed", str(args.random_seed)] if case.random else []
     mk_cmd = [*shlex.split(args.mergekit_cmd), str(config), str(tmp / f"{case.label}.mk"), "--no-copy-tokenizer", *seed]
     het_cmd = [*shlex.split(args.het_cmd), "merge", str(config), str(tmp / f"{case.label}.het"), "--no-copy-tokenizer",
                "--quiet", "--seed", str(args.random_seed)]
     het_cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
+    het_cmd += ["--arithmetic", args.arithmetic]
     try:
         run(mk_cmd, tmp / f"{case.label}.mk.log")
         run(het_cmd, tmp / f"{case.label}.het.log")
@@ -159,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=None, help="comma-separated config labels or methods (default all)")
     ap.add_argument("--random-seed", type=int, default=0, help="seed given to both tools for the random methods")
     ap.add_argument("--chunk-size", type=int, default=None, help="mergekit-het --chunk-size (exercise chunked forms)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="checkpoints and config dtype (default float32; bit-exact bf16 needs --arithmetic config-dtype)")
+    ap.add_argument("--arithmetic", default="float32", choices=["float32", "config-dtype"], help="mergekit-het --arithmetic")
     args = ap.parse_args(argv)
     wanted = set(args.configs.split(",")) if args.configs else None
     cases = [c for c in CASES if wanted is None or c.label in wanted or c.method in wanted]
-    folders = make_checkpoints(CheckpointSpec(shape=SHAPE, experts=3, dtype="float32", shard_size="1GB"), args.work / "ckpt")
+    folders = make_checkpoints(CheckpointSpec(shape=SHAPE, experts=3, dtype=args.dtype, shard_size="1GB"), args.work / f"ckpt-{args.dtype}")
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:

@@ -17,7 +17,6 @@ import json
 import math
 import threading
 import time
-import warnings
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,8 +42,9 @@ from ..runtime.files import check_output, staged_output
 from .binder import bind_parameters
 from .config import MergeConfig
 from .memory import reuse_freed_memory
-from .plan import MergeOptions, MergePlan, NanPolicy, TensorPlan, default_chunk, plan_merge
+from .plan import MergeOptions, MergePlan, TensorPlan, default_chunk, plan_merge
 from .embeddings import align_slice_models, align_vocabularies
+from .finite import check_finite
 from .side_files import copy_side_files, num_layers_of
 from .slices import as_models, donor_of, opened_models, plan_slices, set_layer_count
 from .tokenizer import write_tokenizer
@@ -86,6 +86,18 @@ class _Run:
     reader: Reader
     device: torch.device
     seen: list[str]
+
+    def arithmetic_dtype(self, raw: list[Tensor]) -> torch.dtype | None:
+        """None (float32 arithmetic), or with `arithmetic='config-dtype'` mergekit's: the config's
+        `dtype`, else the inputs' promoted dtype."""
+        if self.options.arithmetic != "config-dtype" or not raw[0].is_floating_point():
+            return None
+        if self.plan.input_dtype is not None:
+            return self.plan.input_dtype
+        dtype = raw[0].dtype
+        for t in raw[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        return dtype
 
     def pieces(self, tp: TensorPlan, whole: bool = False) -> Pieces:
         ranges = ((0, tp.numel),) if whole else tp.ranges
@@ -151,7 +163,7 @@ def _model_statistics(run: _Run) -> dict[str, Any]:
         for j, tp in enumerate(tqdm(tensors, unit="tensor", desc=desc, disable=not run.options.progress)):
             then = (tensors[j + 1].reads, 0, tensors[j + 1].numel) if j + 1 < len(tensors) else None
             for _, _, raw in run.pieces(tp, whole=True)(then):
-                inputs = _float_inputs(tp.has_base, [t.view(tp.shape) for t in raw])
+                inputs = _float_inputs(tp.has_base, [t.view(tp.shape) for t in raw], run.arithmetic_dtype(raw))
                 if inputs is not None:
                     try:
                         mp.update(state, *inputs, tp.kwargs, model)
@@ -177,7 +189,7 @@ def _merge_tensor(run: _Run, tp: TensorPlan, model: Mapping[str, Any], then: Key
         if tp.prepare is None:
             raw = [t.view(tp.shape) for t in raw]
         nbytes = sum(t.numel() * t.element_size() for t in raw)
-        inputs = _float_inputs(tp.has_base, raw)
+        inputs = _float_inputs(tp.has_base, raw, run.arithmetic_dtype(raw))
         if inputs is None:
             if any(not torch.equal(raw[0], t) for t in raw[1:]):
                 raise TensorError(f"{tp.name}: non-float tensor differs between models; it cannot be merged")
@@ -189,7 +201,7 @@ def _merge_tensor(run: _Run, tp: TensorPlan, model: Mapping[str, Any], then: Key
         except (ValueError, RuntimeError) as exc:
             raise TensorError(f"{tp.name}: {method.name} failed: {exc}") from None
         out = merged.to(tp.out_dtype)
-        _check_finite(out, raw, tp, method.name, run.options.nan_policy, run.seen)
+        check_finite(out, raw, tp, method.name, run.options.nan_policy, run.seen)
         yield first, out, nbytes
 
 
@@ -203,14 +215,14 @@ def _read_statistics(tp: TensorPlan, device: torch.device) -> dict[str, tuple[Te
     return {kind: tuple(None if r is None else read(r) for r in reads) for kind, reads in tp.stat_reads}
 
 
-def _float_inputs(has_base: bool, raw: list[Tensor]) -> tuple[Tensor | None, Float32Copies] | None:
-    """(base, tensors), arithmetic in float32 (the base converted, the models converted as the
-    method reads them); None for non-float tensors."""
+def _float_inputs(has_base: bool, raw: list[Tensor], dtype: torch.dtype | None) -> tuple[Tensor | None, Float32Copies] | None:
+    """(base, tensors), arithmetic in float32, or in `dtype` if given (the base converted, the
+    models converted as the method reads them); None for non-float tensors."""
     if not raw[0].is_floating_point():
         return None
     if has_base:
-        return as_compute_dtype(raw[0]), Float32Copies(raw[1:])
-    return None, Float32Copies(raw)
+        return as_compute_dtype(raw[0], dtype), Float32Copies(raw[1:], dtype)
+    return None, Float32Copies(raw, dtype)
 
 
 def _generator(seed: int, name: str, device: torch.device) -> torch.Generator:
@@ -219,33 +231,6 @@ def _generator(seed: int, name: str, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
     return g
-
-
-def _is_finite(t: Tensor) -> bool:
-    """NaN and ±Inf propagate to min/max: one reduction pass, no temporary tensor."""
-    if t.numel() == 0:
-        return True
-    lo, hi = t.aminmax()
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
-def _check_finite(merged: Tensor, raw: list[Tensor], tp: TensorPlan, method: str, policy: NanPolicy, seen: list[str]) -> None:
-    """Check the merged tensor in its output dtype (NaN/Inf in an input propagates through every
-    method's arithmetic, even into trimmed or dropped entries: NaN·0 = NaN; a value beyond the
-    output dtype's range, e.g. float16's 65504, becomes Inf there); only if it is not finite are
-    the inputs checked, to name the model at fault, or the merge itself (e.g. Σw = 0)."""
-    if policy == "ignore" or _is_finite(merged):
-        return
-    bad = [label for t, label in zip(raw, tp.labels()) if not _is_finite(t.float())]
-    if bad:
-        msg = f"{tp.name}: model {bad[0]} holds NaN or Inf values"
-    else:
-        msg = (f"{tp.name}: {method} produced NaN or Inf from finite inputs (weights summing to 0, or values"
-               f" beyond the range of {str(merged.dtype).removeprefix('torch.')}?)")
-    if policy == "error":
-        raise TensorError(msg + " (pass --nan-policy warn to merge anyway)")
-    seen.append(msg)
-    warnings.warn(msg, stacklevel=2)
 
 
 class _StateSink:

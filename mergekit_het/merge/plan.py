@@ -92,6 +92,7 @@ class MergePlan:
     models: list[TensorSource]
     tensors: list[TensorPlan]
     model_stats: dict[str, list[float]] = field(default_factory=dict)  # per-model counts of the statistics files
+    input_dtype: torch.dtype | None = None  # the config's `dtype` (every input cast to it), if set
 
     @property
     def sources(self) -> list[TensorSource]:
@@ -126,7 +127,7 @@ def plan_merge(
         stat_reads = tuple((kind, _stat_reads(name, kind, stat_names)) for kind in method.statistics)
         tensors.append(plan_tensor(method, name, shape, dtype, out, reads, binding.for_tensor(name), options, device, chunk,
                                    base is not None, stat_reads))  # fmt: skip
-    return MergePlan(method, base, models, tensors, model_stats)
+    return MergePlan(method, base, models, tensors, model_stats, compute_dtype)
 
 
 def plan_tensor(method: MergeMethod, name: str, shape: tuple[int, ...], dtype: torch.dtype, out: torch.dtype,
@@ -136,7 +137,8 @@ def plan_tensor(method: MergeMethod, name: str, shape: tuple[int, ...], dtype: t
     chunked form, kept between passes when the group fits `options.cache_bytes` (or on a GPU)."""
     numel = math.prod(shape)
     form = method.chunked
-    prepare = form(numel, kwargs) if form is not None and dtype.is_floating_point and numel > chunk else None
+    chunked = form is not None and dtype.is_floating_point and numel > chunk and options.arithmetic == "float32"
+    prepare = form(numel, kwargs) if chunked else None  # mergekit's arithmetic: whole tensors, as it computes
     ranges = tuple((s, min(s + chunk, numel)) for s in range(0, numel, chunk)) if prepare else ((0, numel),)
     group_bytes = sum(src.meta(n)[1].itemsize for src, n in reads) * numel
     keep = (prepare is not None and reads_chunks(prepare) and len(ranges) > 1

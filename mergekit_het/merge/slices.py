@@ -160,7 +160,7 @@ def plan_slices(cfg: MergeConfig, models: dict[str, _Model], options: MergeOptio
         if r.kind == "post":
             add(slices[-1], name, [name] * len(slices[-1].sources), 0.0)
     sources = list(dict.fromkeys(m.source for sl in slices for m, _ in sl.sources))
-    return MergePlan(cfg.method, None, sources, tensors), counter
+    return MergePlan(cfg.method, None, sources, tensors, input_dtype=compute), counter
 
 
 def _checked_meta(reads: tuple, compute: torch.dtype | None) -> tuple[tuple[int, ...], torch.dtype]:

@@ -21,9 +21,10 @@ def linear(base: None, tensors: list[Tensor], *, weight: PerModel, normalize: bo
     if normalize and sum(weight) == 0:
         raise ValueError("the weights sum to 0, so normalize cannot divide by them (set normalize: false)")
     first = tensors[0]
-    w = torch.tensor(weight, dtype=first.dtype, device=first.device)
-    out = torch.zeros_like(first)
+    acc = torch.float64 if first.dtype == torch.float64 else torch.float32  # bf16 inputs (mergekit's arithmetic) too
+    w = torch.tensor(weight, dtype=acc, device=first.device)
+    out = torch.zeros_like(first, dtype=acc)
     out.addcmul_(first, w[0])
     for i in range(1, len(tensors)):  # one float32 copy at a time
         out.addcmul_(tensors[i], w[i])
-    return out.div_(w.sum()) if normalize else out
+    return (out.div_(w.sum()) if normalize else out).to(first.dtype)

@@ -84,25 +84,28 @@ class Float32Copies(Sequence[Tensor]):
     float32 tensors one access at a time: a method that walks them holds one float32 copy at a
     time, and may compute in place on it (no fresh buffer per op)."""
 
-    def __init__(self, tensors: Sequence[Tensor]):
-        self._tensors = tensors
+    def __init__(self, tensors: Sequence[Tensor], dtype: torch.dtype | None = None):
+        self._tensors, self._dtype = tensors, dtype  # dtype: hand out copies in it instead (mergekit's arithmetic)
 
     def __len__(self) -> int:
         return len(self._tensors)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [_float_copy(t) for t in self._tensors[i]]
-        return _float_copy(self._tensors[i])
+            return [_float_copy(t, self._dtype) for t in self._tensors[i]]
+        return _float_copy(self._tensors[i], self._dtype)
 
 
-def as_compute_dtype(t: Tensor) -> Tensor:
-    """`t` in the arithmetic dtype: float32, or float64 where stored so (no copy if it already is)."""
+def as_compute_dtype(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """`t` in the arithmetic dtype: float32, or float64 where stored so, or `dtype` if given (no
+    copy if it already is)."""
+    if dtype is not None:
+        return t.to(dtype)
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def _float_copy(t: Tensor) -> Tensor:
-    out = as_compute_dtype(t)
+def _float_copy(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    out = as_compute_dtype(t, dtype)
     return out.clone() if out is t else out
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from .registry import Bounds, merge_method
+from .registry import Bounds, as_compute_dtype, merge_method
 
 Position = Annotated[float, Bounds(warn_low=0, warn_high=1, warn_why="t outside [0, 1] extrapolates beyond the two models")]
 
@@ -33,10 +33,10 @@ def slerp(base: Tensor, tensors: list[Tensor], *, t: Position) -> Tensor:
     In float32 (float64 for float64 inputs) with mergekit 0.1.5's order of operations (t, the
     coefficients and the chunked norms and dot in the compute dtype), so results equal it bit for bit.
     """
-    v0, v1 = base.reshape(1, -1), tensors[0].reshape(1, -1)
+    v0, v1 = as_compute_dtype(base).reshape(1, -1), as_compute_dtype(tensors[0]).reshape(1, -1)  # bf16 inputs too
     tt = torch.tensor([[t]], dtype=v0.dtype, device=v0.device)
     if v0.shape[1] == 0:
-        return ((1 - tt) * v0 + tt * v1).reshape(base.shape)
+        return ((1 - tt) * v0 + tt * v1).reshape(base.shape).to(base.dtype)
     n0, n1 = _chunked_norm(v0), _chunked_norm(v1)
     starts = range(0, v0.shape[1], NORM_CHUNK)
     parts = [((v0[:, s : s + NORM_CHUNK] / n0) * (v1[:, s : s + NORM_CHUNK] / n1)).sum(dim=1, keepdim=True) for s in starts]
@@ -46,4 +46,4 @@ def slerp(base: Tensor, tensors: list[Tensor], *, t: Position) -> Tensor:
     sin_theta = torch.sin(theta)
     c0 = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
     c1 = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
-    return (c0 * v0 + c1 * v1).reshape(base.shape)
+    return (c0 * v0 + c1 * v1).reshape(base.shape).to(base.dtype)
