@@ -62,6 +62,13 @@ METHODS: dict[str, Method] = {
     "ties": Method("ties", True, {"weight": 1.0, "density": 0.3}),
     "dare_ties": Method("dare_ties", True, {"weight": 1.0, "density": 0.5}, deterministic=False),
     "breadcrumbs": Method("breadcrumbs", True, {"weight": 1.0, "density": 0.9, "gamma": 0.01}),
+    # mergekit 0.1.5's other methods that take a base and 3 experts (or 4 models)
+    "model_stock": Method("model_stock", True, {}),
+    "multislerp": Method("multislerp", True, {"weight": 1.0}),
+    "karcher": Method("karcher", False, {}),
+    "sce": Method("sce", True, {}),
+    "ram": Method("ram", True, {}),
+    "ramplus_tl": Method("ramplus_tl", True, {}),
 }
 
 
