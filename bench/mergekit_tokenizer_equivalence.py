@@ -5,7 +5,8 @@
 Three tiny float32 Llama checkpoints (random init, hidden 16, 1 layer) with hand-made WordLevel
 vocabularies that overlap partially (A = base; tokens only in B, only in C, in B and C but not in
 A, in all three), merged by both CLIs with `tokenizer:` configs (union with task arithmetic;
-union with linear, a forced token and pad_to_multiple_of; base with TIES). mergekit's ids of
+union with linear, a forced token and pad_to_multiple_of; base with TIES; union in a passthrough
+frankenmerge, embeddings from A's slice and lm_head from C's). mergekit's ids of
 the tokens a union adds follow hash order (they change between runs), so outputs are compared
 by token string: the same vocabulary, then every token-indexed row of mergekit's output against
 ours at that token's id, every other tensor as is. Prints per config the max |Δ| and the number
@@ -14,7 +15,8 @@ rows, summed in id order, so with mergekit's other order of the added tokens it 
 last bit (measured: up to 9.3e-10, varying with mergekit's order), and it does not count.
 
 Measured (2 cores, 2026-12-01): union_task_arithmetic 0 of 2928 elements differ,
-union_linear_forced_pad 0 of 2960 (padding rows max |Δ| 4.7e-10), base_ties 0 of 2800.
+union_linear_forced_pad 0 of 2960 (padding rows max |Δ| 4.7e-10), base_ties 0 of 2800,
+union_frankenmerge 0 of 5520.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ CONFIGS = {
                                               "tokens": {"a": {"source": "C", "force": True}, "q": {"source": {"kind": "zero"}}}}},
     "base_ties": {"merge_method": "ties", "tokenizer": {"source": "base"}, "parameters": {"density": 0.5},
                   "models": [("B", {"weight": 1.0}), ("C", {"weight": 1.0})]},
+    "union_frankenmerge": {"merge_method": "passthrough", "tokenizer": {"source": "union"}, "slices": ["A", "C"]},
 }  # fmt: skip
 
 
@@ -65,9 +68,12 @@ def write_config(spec: dict, folders: dict[str, Path], path: Path) -> None:
     def ref(name: str) -> str:
         return str(folders[name]) if name in folders else name
 
-    cfg = {k: v for k, v in spec.items() if k != "models"}
+    cfg = {k: v for k, v in spec.items() if k not in ("models", "slices")}
     cfg["base_model"], cfg["dtype"] = str(folders["A"]), "float32"
-    cfg["models"] = [{"model": ref(m), "parameters": p} for m, p in spec["models"]]
+    if "slices" in spec:  # one slice per model, its one layer each
+        cfg["slices"] = [{"sources": [{"model": ref(m), "layer_range": [0, 1]}]} for m in spec["slices"]]
+    else:
+        cfg["models"] = [{"model": ref(m), "parameters": p} for m, p in spec["models"]]
     tokens = cfg["tokenizer"].get("tokens", {})
     cfg["tokenizer"] = {**cfg["tokenizer"], "tokens": {t: {**s, "source": ref(s["source"]) if isinstance(s["source"], str) else s["source"]}
                                                        for t, s in tokens.items()}} if tokens else cfg["tokenizer"]  # fmt: skip
