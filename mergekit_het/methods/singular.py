@@ -18,6 +18,7 @@ or rows). All SVDs run in float32 (float64 inputs: float64) on the tensors' devi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import torch
@@ -28,24 +29,37 @@ from .registry import Bounds, PerModel, merge_method
 Fraction = Annotated[float, Bounds(low=0, high=1, why="it is a fraction of the singular directions")]
 
 
-def _task_vectors(base: Tensor, tensors: list[Tensor], weight: list[float]) -> list[Tensor]:
-    """cᵢ·(θᵢ − θ₀) with cᵢ = T·wᵢ/Σw (no multiplication where cᵢ = 1)."""
-    total = sum(weight)
-    if total == 0:
-        raise ValueError("the weights sum to 0")
-    scale = [len(weight) * w / total for w in weight]
-    return [t.sub_(base) if c == 1 else t.sub_(base).mul_(c) for t, c in zip(tensors, scale)]
+class TaskVectors(Sequence[Tensor]):
+    """τᵢ = cᵢ·(θᵢ − θ₀), cᵢ = T·wᵢ/Σw, made anew at each access from the engine's float32 copies,
+    so a method walking them holds one task vector at a time (memory: the base, one τ and the
+    method's factors, not T copies)."""
+
+    def __init__(self, base: Tensor, tensors: Sequence[Tensor], weight: list[float]):
+        total = sum(weight)
+        if total == 0:
+            raise ValueError("the weights sum to 0")
+        self._base, self._tensors = base, tensors
+        self._scale = [len(weight) * w / total for w in weight]
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        t = self._tensors[i].sub_(self._base)
+        return t if self._scale[i] == 1 else t.mul_(self._scale[i])
 
 
-def _sum(deltas: list[Tensor]) -> Tensor:
-    """Σᵢ τᵢ, accumulated into a copy of τ₀ (the τᵢ stay as they are)."""
+def _sum(deltas: Sequence[Tensor]) -> Tensor:
+    """Σᵢ τᵢ, accumulated into a copy of τ₀ (one τ at a time; the τᵢ stay as they are)."""
     out = deltas[0].clone()
-    for d in deltas[1:]:
-        out += d
+    for i in range(1, len(deltas)):
+        out += deltas[i]
     return out
 
 
-def _mean(deltas: list[Tensor]) -> Tensor:
+def _mean(deltas: Sequence[Tensor]) -> Tensor:
     return _sum(deltas).div_(len(deltas))
 
 
@@ -59,22 +73,23 @@ def _finish(base: Tensor, merged: Tensor, alpha: float) -> Tensor:
     return merged.mul_(alpha).add_(base) if alpha != 1 else merged.add_(base)
 
 
-def tsv_matrix(deltas: list[Tensor]) -> Tensor:
+def tsv_matrix(deltas: Sequence[Tensor]) -> Tensor:
     """TSV-M of one m×n matrix: each τᵢ keeps its top r = int(k·(1/T)) singular triplets
     (k = min(m, n)) in slots [i·r, (i+1)·r) of Û, ŝ, V̂ (slots T·r … k−1 stay zero when T ∤ k);
     τ_M = P(Û) diag(ŝ) P(V̂)."""
-    first = deltas[0]
-    m, n = first.shape
-    k = min(m, n)
-    r = int(k * (1 / len(deltas)))
-    u_hat = first.new_zeros(m, k)
-    s_hat = first.new_zeros(k)
-    v_hat = first.new_zeros(k, n)
-    for i, d in enumerate(deltas):
+    tasks = len(deltas)
+    for i in range(tasks):
+        d = deltas[i]
+        if i == 0:
+            m, n = d.shape
+            k = min(m, n)
+            r = int(k * (1 / tasks))
+            u_hat, s_hat, v_hat = d.new_zeros(m, k), d.new_zeros(k), d.new_zeros(k, n)
         u, s, vh = torch.linalg.svd(d, full_matrices=False)
         u_hat[:, i * r : (i + 1) * r] = u[:, :r]
         s_hat[i * r : (i + 1) * r] = s[:r]
         v_hat[i * r : (i + 1) * r] = vh[:r]
+        del d, u, s, vh  # one task's factors at a time
     return (polar(u_hat) * s_hat) @ polar(v_hat)
 
 
@@ -83,7 +98,7 @@ def tsv(base: Tensor, tensors: list[Tensor], *, weight: PerModel = 1.0, alpha: f
     """TSV-M (Task Singular Vectors: Merge): θ₀ + α·τ_M, τ_M = `tsv_matrix` of the task
     vectors for a 2-D tensor (if `svd`), their mean otherwise. One task gives task arithmetic
     at α; tasks with disjoint singular subspaces (within the r-per-task budget) their exact sum."""
-    deltas = _task_vectors(base, list(tensors), weight)
+    deltas = TaskVectors(base, tensors, weight)
     merged = tsv_matrix(deltas) if svd and base.dim() == 2 else _mean(deltas)
     return _finish(base, merged, alpha)
 
@@ -105,7 +120,7 @@ def iso_cts_split(k: int, tasks: int, common_space_fraction: float) -> tuple[int
     return k - task_slots, task_slots // tasks
 
 
-def iso_cts_matrix(deltas: list[Tensor], common_space_fraction: float) -> Tensor:
+def iso_cts_matrix(deltas: Sequence[Tensor], common_space_fraction: float) -> Tensor:
     """Iso-CTS of one matrix: the top k_c left/right singular directions of Σᵢ τᵢ (common
     space), then each τᵢ with the common left subspace projected out, Wᵢ = τᵢ − U_c U_cᵀ τᵢ,
     gives its top n triplets; slots: the task blocks first, the common block last.
@@ -119,8 +134,9 @@ def iso_cts_matrix(deltas: list[Tensor], common_space_fraction: float) -> Tensor
     if n == 0:
         return (u_c @ v_c).mul_(s_c.mean())
     us, ss, vs = [], [], []
-    for d in deltas:
-        w = d - u_c @ (u_c.T @ d)
+    for i in range(len(deltas)):
+        d = deltas[i]
+        w = d.sub_(u_c @ (u_c.T @ d))
         uw, sw, vw = torch.linalg.svd(w, full_matrices=False)
         us.append(uw[:, :n]), ss.append(sw[:n]), vs.append(vw[:n])
     u_slots = torch.cat([*us, u_c], dim=1)
@@ -133,7 +149,7 @@ def iso_cts_matrix(deltas: list[Tensor], common_space_fraction: float) -> Tensor
 def iso_c(base: Tensor, tensors: list[Tensor], *, weight: PerModel = 1.0, alpha: float = 1.0, svd: bool = True) -> Tensor:
     """Iso-C (isotropic merging in the common subspace): θ₀ + α·τ_M, τ_M = `iso_c_matrix` of the
     task-arithmetic sum Σᵢ τᵢ (unscaled) for a 2-D tensor (if `svd`), the mean of the τᵢ otherwise."""
-    deltas = _task_vectors(base, list(tensors), weight)
+    deltas = TaskVectors(base, tensors, weight)
     if svd and base.dim() == 2:
         return _finish(base, iso_c_matrix(_sum(deltas)), alpha)
     return _finish(base, _mean(deltas), alpha)
@@ -145,7 +161,7 @@ def iso_cts(base: Tensor, tensors: list[Tensor], *, weight: PerModel = 1.0, alph
     """Iso-CTS (isotropic merging in common and task-specific subspaces): θ₀ + α·τ_M,
     τ_M = `iso_cts_matrix` for a 2-D tensor (if `svd`), the mean of the τᵢ otherwise. Where
     (k − k_c)/T rounds to 0 (e.g. k = 16, T = 8) it is Iso-C."""
-    deltas = _task_vectors(base, list(tensors), weight)
+    deltas = TaskVectors(base, tensors, weight)
     if svd and base.dim() == 2:
         return _finish(base, iso_cts_matrix(deltas, common_space_fraction), alpha)
     return _finish(base, _mean(deltas), alpha)
