@@ -297,7 +297,12 @@ def write_tokenizer(vocab: Vocabulary | None, cfg: Any, folder: Path, donor: str
         if not copy_tokenizer:
             warnings.warn("chat_template is set but --no-copy-tokenizer writes no tokenizer; the template is not saved", stacklevel=2)
             return
-        save_tokenizer(_load_tokenizer(donor), cfg, folder)
+        try:
+            tokenizer = _load_tokenizer(donor)
+        except ConfigError as exc:  # the merge itself is done: say so and keep it, as mergekit does
+            warnings.warn(f"{exc}; the chat template is not saved", stacklevel=2)
+            return
+        save_tokenizer(tokenizer, cfg, folder)
         return
     save_tokenizer(vocab.tokenizer, cfg, folder)
     config = read_member_json(folder, "config.json") if (folder / "config.json").is_file() else None
