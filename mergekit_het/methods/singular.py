@@ -130,6 +130,7 @@ def iso_cts_matrix(deltas: Sequence[Tensor], common_space_fraction: float) -> Te
     k = min(m, n_cols)
     k_c, n = iso_cts_split(k, len(deltas), common_space_fraction)
     u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    del total
     u_c, s_c, v_c = u[:, :k_c], s[:k_c], vh[:k_c]
     if n == 0:
         return (u_c @ v_c).mul_(s_c.mean())
@@ -138,7 +139,8 @@ def iso_cts_matrix(deltas: Sequence[Tensor], common_space_fraction: float) -> Te
         d = deltas[i]
         w = d.sub_(u_c @ (u_c.T @ d))
         uw, sw, vw = torch.linalg.svd(w, full_matrices=False)
-        us.append(uw[:, :n]), ss.append(sw[:n]), vs.append(vw[:n])
+        us.append(uw[:, :n].clone()), ss.append(sw[:n].clone()), vs.append(vw[:n].clone())  # not views of whole factors
+        del d, w, uw, sw, vw
     u_slots = torch.cat([*us, u_c], dim=1)
     v_slots = torch.cat([*vs, v_c], dim=0)
     s_bar = torch.cat([*ss, s_c]).mean()
