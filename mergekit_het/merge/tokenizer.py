@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..io.paths import read_member_json
@@ -44,6 +44,11 @@ class ModelToken(StrictModel):
     model: str
     token: str | None = None
     token_id: int | None = Field(default=None, ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _plain(cls, model: str) -> str:
+        return model.removeprefix("model:")
 
     @model_validator(mode="after")
     def _one_of(self) -> "ModelToken":
@@ -59,6 +64,11 @@ class ZeroToken(StrictModel):
 class TokenEmbedding(StrictModel):
     source: Union[ModelToken, ZeroToken, str, None] = None
     force: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _plain(cls, source: Any) -> Any:
+        return source.removeprefix("model:") if isinstance(source, str) else source
 
 
 class TokenizerConfig(StrictModel):

@@ -109,7 +109,7 @@ def test_base_and_model_sources(tmp_path, llamas):
 
 def test_forced_and_configured_tokens(tmp_path, llamas):
     tokens = {
-        "a": {"source": str(llamas["B"]), "force": True},  # both models take B's row of 'a' (23)
+        "a": {"source": f"model:{llamas['B']}", "force": True},  # both models take B's row of 'a' (23)
         "z": {"source": {"kind": "zero"}},  # a new token: zero rows
         "y": {"source": {"kind": "model_token", "model": str(llamas["A"]), "token": "c"}},  # A's row of 'c'
         "x": {"source": {"kind": "model_token", "model": str(llamas["B"]), "token_id": 5}},  # B's row 5 ('g')
