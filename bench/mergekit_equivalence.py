@@ -6,7 +6,7 @@
 
 Builds tiny Llama-shaped float32 checkpoints (base + 3 experts, 2 layers, hidden 64, vocab 512;
 bench/make_checkpoints.py), writes one mergekit YAML per config below (each method, some with
-gradients, filters or non-default options), runs both CLIs in fresh processes and compares every
+gradients, filters or non-default options; three `slices:` configs), runs both CLIs in fresh processes and compares every
 output tensor (bench/outputs.py): per config the max |Δ| and the number of differing elements.
 Deterministic methods must be bit-exact in float32. Random methods (DARE, DELLA) draw their masks
 from mergekit's global torch RNG in its execution order, ours from a generator seeded per tensor
@@ -48,11 +48,16 @@ class Case:
     model_params: tuple[dict, ...] = ()
     params: dict = field(default_factory=dict)
     random: bool = False
+    slices: tuple[tuple[tuple[int, int, int, dict], ...], ...] = ()  # per slice: (model, start, end, parameters)
 
     def config(self, folders: list[Path], dtype: str = "float32") -> dict:
         cfg: dict = {"merge_method": self.method, "dtype": dtype}
         if self.base:
             cfg["base_model"] = str(folders[0])
+        if self.slices:
+            cfg["slices"] = [{"sources": [{"model": str(folders[i]), "layer_range": [a, b], **({"parameters": p} if p else {})}
+                                          for i, a, b, p in sl]} for sl in self.slices]  # fmt: skip
+            return cfg | ({"parameters": self.params} if self.params else {})
         params = self.model_params or tuple({} for _ in self.models)
         cfg["models"] = [{"model": str(folders[i]), **({"parameters": p} if p else {})} for i, p in zip(self.models, params)]
         if self.params:
@@ -95,6 +100,14 @@ CASES = [
     Case("passthrough", "passthrough", (2,), base=False),
     Case("passthrough_scale_gradient", "passthrough", (2,), base=False,
          params={"scale": [{"filter": "o_proj", "value": [0.0, 2.0]}, {"value": 1.0}]}),
+    # slices (2-layer checkpoints): a frankenmerge with a repeated layer, and per-slice gradients and filters
+    Case("slices_frankenmerge", "passthrough", (), base=False, slices=(((1, 0, 2, {}),), ((2, 1, 2, {}),), ((3, 0, 1, {}),))),
+    Case("slices_linear_gradients", "linear", (), base=False, params={"normalize": False}, slices=(
+        ((1, 0, 2, {"weight": [0.0, 1.0]}), (2, 0, 2, {"weight": 0.5})),
+        ((3, 1, 2, {"weight": [0.5, 1.0]}), (0, 0, 1, {"weight": [{"filter": "layers.0.", "value": 2.0}, {"value": 0.0}]})))),
+    Case("slices_ties_base", "ties", (), params={"density": 0.5}, slices=(
+        ((0, 0, 1, {}), (1, 1, 2, {"weight": 0.7}), (2, 0, 1, {"weight": [0.2, 0.6]})),
+        ((0, 1, 2, {}), (3, 0, 1, {"weight": 1.0}), (1, 1, 2, {"weight": 0.4})))),
 ]
 
 
