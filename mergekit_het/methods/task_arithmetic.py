@@ -43,6 +43,8 @@ def _sparsifier(prune: Prune, density: list[float], rescale: bool, norm: Rescale
 def _merge(base: Tensor, tensors: list[Tensor], weight: list[float], sparsify: Callable[[int, Tensor], Tensor] | None,
            consensus: bool, normalize: bool, lambda_: float) -> Tensor:  # fmt: skip
     """θ₀ + λ · combine(wᵢ · sparsify(θᵢ − θ₀)) (steps 1-4 of the module docstring)."""
+    if base.dtype in (torch.bfloat16, torch.float16) and not consensus:
+        return _merge_reduced(base, tensors, weight, sparsify, normalize, lambda_)
     weighted = []
     for i, (t, w) in enumerate(zip(tensors, weight)):
         wd = t.sub_(base) if sparsify is None else sparsify(i, t.sub_(base))
@@ -56,6 +58,25 @@ def _merge(base: Tensor, tensors: list[Tensor], weight: list[float], sparsify: C
         divisor = sum(weight)
         if normalize:
             mixed /= divisor if abs(divisor) >= 1e-8 else 1.0
+    if lambda_ != 1:
+        mixed *= lambda_
+    return mixed.add_(base)
+
+
+def _merge_reduced(base: Tensor, tensors: list[Tensor], weight: list[float], sparsify: Callable[[int, Tensor], Tensor] | None,
+                   normalize: bool, lambda_: float) -> Tensor:  # fmt: skip
+    """`_merge` without consensus on bf16/fp16 inputs (`--arithmetic config-dtype`) in mergekit
+    0.1.5's roundings: the weights rounded to the dtype, Σᵢ wᵢδᵢ and Σᵢ wᵢ summed in float32 and
+    rounded once (torch's sum of a stacked reduced-precision tensor), every other step in the dtype."""
+    w = torch.tensor(weight, dtype=base.dtype, device=base.device)
+    mixed = None
+    for i, t in enumerate(tensors):
+        wd = (t.sub_(base) if sparsify is None else sparsify(i, t.sub_(base))).mul_(w[i])
+        mixed = wd.float() if mixed is None else mixed.add_(wd)
+    mixed = mixed.to(base.dtype)
+    if normalize:
+        divisor = w.sum()
+        mixed /= divisor if divisor.abs() >= 1e-8 else 1.0
     if lambda_ != 1:
         mixed *= lambda_
     return mixed.add_(base)
