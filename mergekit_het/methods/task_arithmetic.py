@@ -43,8 +43,8 @@ def _sparsifier(prune: Prune, density: list[float], rescale: bool, norm: Rescale
 def _merge(base: Tensor, tensors: list[Tensor], weight: list[float], sparsify: Callable[[int, Tensor], Tensor] | None,
            consensus: bool, normalize: bool, lambda_: float) -> Tensor:  # fmt: skip
     """θ₀ + λ · combine(wᵢ · sparsify(θᵢ − θ₀)) (steps 1-4 of the module docstring)."""
-    if base.dtype in (torch.bfloat16, torch.float16) and not consensus:
-        return _merge_reduced(base, tensors, weight, sparsify, normalize, lambda_)
+    if base.dtype in (torch.bfloat16, torch.float16):
+        return _merge_reduced(base, tensors, weight, sparsify, consensus, normalize, lambda_)
     weighted = []
     for i, (t, w) in enumerate(zip(tensors, weight)):
         wd = t.sub_(base) if sparsify is None else sparsify(i, t.sub_(base))
@@ -64,19 +64,31 @@ def _merge(base: Tensor, tensors: list[Tensor], weight: list[float], sparsify: C
 
 
 def _merge_reduced(base: Tensor, tensors: list[Tensor], weight: list[float], sparsify: Callable[[int, Tensor], Tensor] | None,
-                   normalize: bool, lambda_: float) -> Tensor:  # fmt: skip
-    """`_merge` without consensus on bf16/fp16 inputs (`--arithmetic config-dtype`) in mergekit
-    0.1.5's roundings: the weights rounded to the dtype, Σᵢ wᵢδᵢ and Σᵢ wᵢ summed in float32 and
-    rounded once (torch's sum of a stacked reduced-precision tensor), every other step in the dtype."""
+                   consensus: bool, normalize: bool, lambda_: float) -> Tensor:  # fmt: skip
+    """`_merge` on bf16/fp16 inputs (`--arithmetic config-dtype`) in mergekit 0.1.5's roundings:
+    the weights rounded to the dtype, each sum over the models (Σwᵢδᵢ, the sign election's mass,
+    the agreeing Σwᵢδᵢ and Σwᵢ) accumulated in float32 and rounded once, as torch sums a stacked
+    reduced-precision tensor; every other step in the dtype."""
     w = torch.tensor(weight, dtype=base.dtype, device=base.device)
-    mixed = None
-    for i, t in enumerate(tensors):
-        wd = (t.sub_(base) if sparsify is None else sparsify(i, t.sub_(base))).mul_(w[i])
-        mixed = wd.float() if mixed is None else mixed.add_(wd)
-    mixed = mixed.to(base.dtype)
+    weighted = [(t.sub_(base) if sparsify is None else sparsify(i, t.sub_(base))).mul_(w[i]) for i, t in enumerate(tensors)]
+
+    def total(parts) -> Tensor:
+        acc = None
+        for part in parts:
+            acc = part.float() if acc is None else acc.add_(part)
+        return acc.to(base.dtype)
+
+    if consensus:
+        majority = torch.where(total(weighted) >= 0, 1, -1).to(base.dtype)
+        masks = [wd.sign() == majority for wd in weighted]
+        mixed = total(wd * m for wd, m in zip(weighted, masks))
+        divisor = total(m * w[i] for i, m in enumerate(masks))
+        divisor[divisor == 0] = 1
+    else:
+        mixed, divisor = total(weighted), w.sum()
+        divisor = divisor if divisor.abs() >= 1e-8 else torch.ones_like(divisor)
     if normalize:
-        divisor = w.sum()
-        mixed /= divisor if divisor.abs() >= 1e-8 else 1.0
+        mixed /= divisor
     if lambda_ != 1:
         mixed *= lambda_
     return mixed.add_(base)
