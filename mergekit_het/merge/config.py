@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from ..errors import ConfigError
 from ..io.resolve import check_reference
@@ -26,6 +26,8 @@ from ..runtime.device import DTYPES
 from ..runtime.yaml_config import read_yaml_mapping
 from .binder import check_parameters
 from .tokenizer import TokenizerConfig, tokenizer_problems
+Parameters = Annotated[dict[str, Any], BeforeValidator(lambda v: {} if v is None else v)]
+"""A `parameters:` mapping; an empty one (`parameters:` with nothing after it, null) is {} as in mergekit."""
 TOP_LEVEL_KEYS = ("merge_method", "models", "slices", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source",
                   "tokenizer", "chat_template")
 
@@ -33,7 +35,7 @@ TOP_LEVEL_KEYS = ("merge_method", "models", "slices", "base_model", "parameters"
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
-    parameters: dict[str, Any] = {}
+    parameters: Parameters = {}
 
 
 class SliceSource(BaseModel):
@@ -42,7 +44,7 @@ class SliceSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     layer_range: tuple[int, int] | None = None
-    parameters: dict[str, Any] = {}
+    parameters: Parameters = {}
 
 
 class OutputSlice(BaseModel):
@@ -51,7 +53,7 @@ class OutputSlice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sources: list[SliceSource]
     base_model: str | None = None
-    parameters: dict[str, Any] = {}
+    parameters: Parameters = {}
     merge_method: str | None = None  # our extension; mergekit 0.1.5 has one method per merge
     residual_weight: float | None = None  # accepted and ignored, as in mergekit 0.1.5
 
@@ -64,7 +66,7 @@ class MergeConfig(BaseModel):
     models: list[ModelEntry] = []
     slices: list[OutputSlice] | None = None
     base_model: str | None = None
-    parameters: dict[str, Any] = {}
+    parameters: Parameters = {}
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
