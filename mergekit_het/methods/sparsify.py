@@ -62,10 +62,17 @@ def keep_top_magnitude(delta: Tensor, density: float, trim: Trim | None = None, 
     Per tensor, as mergekit 0.1 (the TIES paper trims over the whole model: `ties_paper`).
     `trim` (from `top_magnitude_trims` over the whole tensor) lets the engine apply this to a
     flat slice that begins at `start`; without it `delta` is the whole tensor.
-    density >= 1 returns `delta` itself.
+    density >= 1 returns `delta` itself. A bf16/fp16 `delta` (mergekit's arithmetic) is trimmed
+    as mergekit 0.1.5 does it: the first k of a descending argsort of |δ| in float32.
     """
     if density >= 1:
         return delta
+    k = int(density * delta.numel())
+    if trim is None and delta.dtype in (torch.bfloat16, torch.float16) and k > 0:
+        # `--arithmetic config-dtype`: mergekit 0.1.5's own selection, ties in its argsort order
+        keep = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+        keep[torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]] = 1
+        return delta * keep.reshape_as(delta)
     if trim is None:
         flat = delta.reshape(-1)
         (trim,) = top_magnitude_trims(lambda stride: iter([(0, [flat[::stride].abs()])]), flat.numel(), [density])
