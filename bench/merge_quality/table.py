@@ -218,7 +218,7 @@ def write_summary(results: Mapping[str, Mapping], info: Mapping, out: Path) -> l
             ct["normalized"], [f"τ {v}" for v in ct["vectors"]], res["tasks"], out / f"cross_task_{kind}.png",
             title=f"{kind} experts: θ0 + τ_i on task j (÷ θ0 on j), test"))
     bars = {f"{r['kind']} {r['model']}": r["norm"] for r in rows
-            if r["norm"] is not None and r["model"] in ("experts", "average", "task_arithmetic", "ties")}
+            if r["norm"] is not None and r["model"] not in ("base",)}
     written.append(plots.plot_method_bars(bars, out / "normalized_accuracy.png",
                                           title="Test accuracy ÷ same-kind expert"))
     return written
