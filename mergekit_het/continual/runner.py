@@ -41,7 +41,7 @@ from .config import ContinualConfig
 from .evaluation import accuracy_rows, final_accuracy
 from .metrics import pad, summarize
 from .report import suite_report, write_plots
-from .strategies import STRATEGIES, Context
+from .strategies import STRATEGIES, Context, check_finite
 from .stream import Schedule, build_pool, schedules
 
 COMPARED = ("finetune", "federated")  # runs whose final weights the report compares
@@ -97,6 +97,7 @@ def run_one(model: nn.Module, state0: dict, ctx: Context, spec, schedule: Schedu
     ti: dict[str, list[list[float]]] = {}
     for t, exps in enumerate(strategy.steps()):
         strategy.learn(model, t, exps)
+        check_finite(model, strategy.label, schedule, exps, ctx.cfg.train.lr)
         logits = strategy.logits(model)
         for label, z in logits.items():
             c, k = accuracy_rows(z, labels, schedule, max(exps))

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import MergekitHetError
 from ..models.classifier import load_trainable
 from ..runtime.aggregation import merge_models
 from ..runtime.batching import eval_batches
@@ -47,6 +48,21 @@ def step_seed(seed: int, t: int) -> int:
     client t in round t (`federated.strategy.client_seed(seed, t, t)`, tested), so sequential
     fine-tuning and the one-client-per-round federated run draw the same batches."""
     return (seed * 1_000_003 + t * 10_007 + t) % (2**63)
+
+
+class DivergedError(MergekitHetError):
+    """Training made the weights (or a loss) non-finite: the learning rate is too high."""
+
+
+def check_finite(model: nn.Module, label: str, schedule: Schedule, exps: list[int], lr: float) -> None:
+    """Raise `DivergedError` (one line: strategy, schedule, experience, a lower `train.lr`) if
+    any trainable weight of `model` is NaN/Inf after learning experiences `exps` (a non-finite
+    loss makes them so)."""
+    if all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad):
+        return
+    names = "+".join(schedule.experiences[i].name for i in exps)
+    raise DivergedError(f"continual: strategy {label!r} diverged on schedule {schedule.index}, experience {names!r}: "
+                        f"non-finite weights after SGD with train.lr={lr:g}; lower train.lr (e.g. train.lr={lr / 5:g})")  # fmt: skip
 
 
 @dataclass
@@ -104,6 +120,7 @@ class Finetune:
                         corrections=self.corrections(t), seed=seed, device=self.ctx.device)  # fmt: skip
         self.x = self.update(t, res.state, len(rows))
         load_trainable(model, self.x)
+        check_finite(model, self.label, self.schedule, exps, cfg.train.lr)
         self.finish(t, model, uids)
 
     def logits(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ import torch
 
 from mergekit_het.continual import load_continual_config, run_continual
 from mergekit_het.continual.federated_link import weight_gap
-from mergekit_het.continual.strategies import step_seed
+from mergekit_het.continual.strategies import DivergedError, step_seed
 from mergekit_het.errors import ConfigError
 from mergekit_het.federated.strategy import client_seed
 
@@ -84,3 +84,13 @@ def test_reduced_applies_the_config_overlay(cl_config):
     cfg = load_continual_config(cl_config(reduced={"stream": {"schedules": 1}, "train": {"steps": 1}}), ["train.lr=0.2"], reduced=True)
     assert cfg.stream.schedules == 1 and cfg.train.steps == 1 and cfg.train.lr == 0.2
     assert load_continual_config(cl_config(reduced={"stream": {"schedules": 1}})).stream.schedules == 2
+
+
+@pytest.mark.parametrize("strategy", [{"name": "finetune"}, {"name": "ewc", "lam": 10.0, "samples": 4}])
+def test_diverged_training_is_one_line_naming_strategy_schedule_and_experience(cl_config, strategy):
+    """lr = 1e38: the first step's update overflows float32, so the weights are non-finite
+    after experience 0 (EWC: before its Fisher samples from NaN probabilities)."""
+    cfg = cl_config(strategies=[strategy], train={"lr": 1e38}, stream={"by": "classes", "experience_sizes": [[2, 2]], "schedules": 1})
+    with pytest.raises(DivergedError, match=rf"strategy '{strategy['name']}' diverged on schedule 0, experience '[^']+': .*lower train.lr") as err:
+        run_continual(load_continual_config(cfg), progress=False)
+    assert "\n" not in str(err.value)
