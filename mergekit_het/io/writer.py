@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -107,3 +110,27 @@ def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
+
+
+class AsyncWrites:
+    """Hands merged pieces to `sink` on one writer thread, at most two pending (so the compute
+    thread runs ahead of the disk by one piece, never by a whole model)."""
+
+    def __init__(self, sink: Callable[[str, torch.Tensor, int], None]):
+        self._sink, self._pool, self._pending = sink, ThreadPoolExecutor(1, thread_name_prefix="write"), deque()
+
+    def put(self, name: str, tensor: torch.Tensor, start: int) -> None:
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._sink, name, tensor, start))
+
+    def __enter__(self) -> "AsyncWrites":
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        try:
+            pending: list[Future] = list(self._pending) if kind is None else []
+            for w in pending:
+                w.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=kind is not None)

@@ -18,8 +18,6 @@ import math
 import threading
 import time
 import zlib
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +32,7 @@ from ..io.pieces import Key, Pieces, Reader
 from ..io.resolve import check_reference, local_folder, open_model
 from ..io.statistics import open_statistics
 from ..io.sources import StateDictSource, TensorSource
-from ..io.writer import ShardedWriter, parse_size
+from ..io.writer import AsyncWrites, ShardedWriter, parse_size
 from ..methods import Float32Copies, get_method
 from ..methods.registry import WHOLE, TensorStats, as_compute_dtype
 from ..runtime.device import resolve_device
@@ -105,36 +103,12 @@ class _Run:
         return Pieces(self.reader, tp.reads, ranges, self.device, self.options.prefetch, keep, tp.has_base)
 
 
-class _AsyncWrites:
-    """Hands merged pieces to `sink` on one writer thread, at most two pending (so the compute
-    thread runs ahead of the disk by one piece, never by a whole model)."""
-
-    def __init__(self, sink: Sink):
-        self._sink, self._pool, self._pending = sink, ThreadPoolExecutor(1, thread_name_prefix="write"), deque()
-
-    def put(self, name: str, tensor: Tensor, start: int) -> None:
-        while len(self._pending) >= 2:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._sink, name, tensor, start))
-
-    def __enter__(self) -> "_AsyncWrites":
-        return self
-
-    def __exit__(self, kind, *exc) -> None:
-        try:
-            pending: list[Future] = list(self._pending) if kind is None else []
-            for w in pending:
-                w.result()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=kind is not None)
-
-
 def execute(plan: MergePlan, sink: Sink, options: MergeOptions, device: torch.device) -> MergeSummary:
     """Run the plan: model passes of the method (if any), then every output tensor read ahead,
     merged on `device` and written through `sink`."""
     summary = MergeSummary()
     start = time.perf_counter()
-    with Reader(options.prefetch, pin=device.type == "cuda") as reader, _AsyncWrites(sink) as writes:
+    with Reader(options.prefetch, pin=device.type == "cuda") as reader, AsyncWrites(sink) as writes:
         run = _Run(plan, options, reader, device, summary.warnings)
         model = {**_model_statistics(run), **plan.model_stats}
         tensors = plan.tensors
