@@ -64,6 +64,9 @@ def describe_os_error(exc: OSError) -> str:
     return f"{where}: {reason}" if where else f"{reason} (errno {exc.errno})" if exc.errno else reason
 
 
+_STOPPED = "no unfinished output was left (a fine-tuning or federated run keeps its resumable .partial folder)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("MERGEKIT_HET_DEBUG", "") not in ("", "0")
@@ -79,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(text)}", file=sys.stderr)
         return 2
     except Terminated:
-        print("terminated; no partial output was left behind", file=sys.stderr)
+        print(f"terminated; {_STOPPED}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("interrupted; no partial output was left behind", file=sys.stderr)
+        print(f"interrupted; {_STOPPED}", file=sys.stderr)
         return 130
     except Exception as exc:
         if debug:
