@@ -83,7 +83,7 @@ class ShardedWriter:
         data = tensor.detach().contiguous()
         if data.device.type != "cpu":
             data = data.cpu()
-        view = memoryview(data.view(torch.uint8).reshape(-1).numpy())
+        view = memoryview(data.reshape(-1).view(torch.uint8).numpy())  # flat first: 0-d tensors and size-1 dims with odd strides have no byte view
         first = start * data.element_size()
         if first + len(view) > nbytes:
             raise TensorError(f"output {name}: {len(view)} bytes at byte {first}, layout expects {nbytes}")
