@@ -17,6 +17,7 @@ import sys
 import warnings
 from typing import NoReturn
 
+from . import __version__
 from .errors import MergekitHetError, excerpt
 from .runtime.files import Terminated, terminate_as_interrupt
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge, fine-tune, evaluate and run federated/continual learning on HF checkpoints.",
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"mergekit-het {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"mergekit_het.commands.{name}")
