@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import device_name, positive_int
+from .options import add_compat_flags, compat_given, device_name, positive_int
 
 # mergekit's shared MergeOptions flags that mean nothing to this command: accepted, noted once.
 # (flag names, takes a value)
@@ -30,10 +30,6 @@ _IGNORED: list[tuple[list[str], bool]] = [
     (["--random-seed"], True),
     (["-v"], False),
 ]
-
-
-def _dest(flag: str) -> str:
-    return "ignored_" + flag.lstrip("-").replace("-", "_")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -66,18 +62,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (can run code)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bar")
-    compat = p.add_argument_group("accepted for mergekit-extract-lora compatibility (no effect here)")
-    for flags, value in _IGNORED:
-        compat.add_argument(*flags, dest=_dest(flags[0]), default=None,
-                            action="store" if value else "store_const", const=flags[0] if not value else None,
-                            help=argparse.SUPPRESS)  # fmt: skip
+    add_compat_flags(p, [(flag, value, "") for flags, value in _IGNORED for flag in flags],
+                     "accepted for mergekit-extract-lora compatibility (no effect here)")  # fmt: skip
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from ..lora.extract import ExtractOptions, extract_lora  # torch and transformers load only when used
 
-    used = [flags[0] for flags, _ in _IGNORED if getattr(args, _dest(flags[0])) is not None]
+    used = [flags[0] for flags, _ in _IGNORED if any(compat_given(args, flag) for flag in flags)]
     if used:
         print(f"note: {', '.join(used)} ha{'s' if len(used) == 1 else 've'} no effect on extract-lora", file=sys.stderr)
     device = args.device or ("cuda" if args.cuda or args.gpu_rich else "cpu")

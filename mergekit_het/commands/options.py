@@ -85,7 +85,11 @@ def add_compat_flags(parser: argparse.ArgumentParser, flags: Compat, title: str)
     return group
 
 
+def compat_given(args: argparse.Namespace, flag: str) -> bool:
+    """Whether the compatibility flag `flag` (registered by `add_compat_flags`) was given."""
+    return getattr(args, "compat_" + flag.lstrip("-").replace("-", "_")) is not None
+
+
 def compat_notes(args: argparse.Namespace, flags: Compat) -> list[str]:
     """One line per compatibility flag given: 'note: FLAG has no effect here: WHY'."""
-    return [f"note: {flag} has no effect here: {why}" for flag, _, why in flags
-            if getattr(args, "compat_" + flag.lstrip("-").replace("-", "_")) is not None]  # fmt: skip
+    return [f"note: {flag} has no effect here: {why}" for flag, _, why in flags if compat_given(args, flag)]
