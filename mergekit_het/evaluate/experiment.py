@@ -100,8 +100,11 @@ def _run_method(bench: _Bench, spec: MethodSpec, base: StateDict, experts: list[
     cfg = bench.cfg
     tasks = list(expert_select)
     result = None
+    method = get_method(spec.method)
+    # data-aware methods read each expert's merge_stats.safetensors (`mergekit-het stats`)
+    statistics = [cfg.experts[t] for t in tasks] if method.statistics else None
     # equal expert weights unless configured (task arithmetic sums τ_t; TIES weighs all alike)
-    params = {"weight": 1.0} if "weight" in get_method(spec.method).params else {}
+    params = {"weight": 1.0} if "weight" in method.params else {}
     params.update(spec.parameters)
     if spec.grid:
         def score(state):
@@ -109,9 +112,9 @@ def _run_method(bench: _Bench, spec: MethodSpec, base: StateDict, experts: list[
             return normalized_accuracy([acc[t] for t in tasks], [expert_select[t] for t in tasks]), acc
 
         result = sweep(spec.method, experts, base, spec.grid, score,
-                       parameters=params, device=bench.device)
+                       parameters=params, device=bench.device, statistics=statistics)
         params.update(result.best.params)
-    merged = merge_state_dicts(spec.method, experts, base, params, device=bench.device)
+    merged = merge_state_dicts(spec.method, experts, base, params, device=bench.device, statistics=statistics)
     scores = bench.scores(merged, cfg.report_split)
     return ModelResult(spec.name, scores, _normalized(scores, expert_report), params, result)
 

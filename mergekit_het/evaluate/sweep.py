@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -66,17 +67,19 @@ def sweep(
     parameters: Mapping[str, float] | None = None,
     model_parameters: Sequence[Mapping[str, float]] | None = None,
     device: str = "cpu",
+    statistics: Sequence[str | Path] | None = None,
 ) -> SweepResult:
     """Merge at every grid point and score the merged state dict.
 
     `score(state) -> (value, details)` evaluates on validation (higher is better); grid values
     are global parameters, overriding `parameters` (mergekit passes a global value of a
-    per-model parameter such as `density` to every model).
+    per-model parameter such as `density` to every model). `statistics`: each expert's merge
+    statistics (for regmean / fisher), as `merge_state_dicts` takes them.
     """
     points = []
     for params in tqdm(grid_points(grid), desc=f"sweep {method}", unit="point"):
         state = merge_state_dicts(method, list(experts), base, {**(parameters or {}), **params},
-                                  model_parameters, device=device)
+                                  model_parameters, device=device, statistics=statistics)
         value, details = score(state)
         points.append(SweepPoint(params, value, details))
         del state
