@@ -10,6 +10,7 @@ bug: one line, exit 1. `--debug` (or MERGEKIT_HET_DEBUG=1) shows the traceback i
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import re
@@ -20,6 +21,7 @@ from typing import NoReturn
 from . import __version__
 from .errors import MergekitHetError, excerpt
 from .runtime.files import Terminated, terminate_as_interrupt
+from .runtime.logs import no_progress_bars, set_verbose
 
 # Each name is a module `mergekit_het.commands.<name>` with `add_parser(subparsers)` and `run(args)`.
 COMMANDS: list[str] = ["merge", "push", "eval", "finetune", "quickstart", "federated", "continual", "extract_lora", "stats"]
@@ -29,10 +31,45 @@ _LONG_WORD = re.compile(rf"\S{{{MAX_WORD + 1},}}")
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the option and the problem), exit code 2."""
+    """argparse, but a usage error is one line (the option and the problem, with the closest
+    known name for a misspelt option or command), exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {self.prog}: {one_line(message + self._suggestion(message))} (see {self.prog} --help)\n")
+
+    def _suggestion(self, message: str) -> str:
+        choice = re.match(r"argument .*: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            return did_you_mean(choice[1], re.findall(r"'([^']*)'", choice[2]))
+        return ""
+
+    def unknown_arguments(self, extra: list[str]) -> NoReturn:
+        """The error for arguments no option of this parser takes: a misspelt option gets the
+        closest one, an override written as an option (`--train.max_steps=5`) its right form."""
+        word = extra[0]
+        name = word.split("=", 1)[0]
+        options = [o for o in self._option_string_actions if o.startswith("--")] if name.startswith("--") else []
+        hint = did_you_mean(name, options)
+        as_override = any(a.dest == "overrides" for a in self._actions) and ("." in name or "=" in word)
+        if name.startswith("--") and as_override and ("." in name or not hint):
+            self.error(f"unknown option '{word}': config overrides are written without dashes, as {word[2:]}")
+        self.error(f"unrecognized argument{'s' if len(extra) > 1 else ''}: {' '.join(extra)}{hint}")
+
+
+def did_you_mean(word: str, known: list[str]) -> str:
+    """"; did you mean 'X'?" for the closest of `known` to `word` (difflib), else ""."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """--quiet, --verbose and --debug on a sub-command (a command's own --quiet is kept: merge
+    and extract-lora have mergekit's --quiet/--no-quiet)."""
+    if "--quiet" not in p._option_string_actions:
+        p.add_argument("--quiet", action="store_true", default=False, help="no progress bars (results and errors only)")
+    p.add_argument("--verbose", action="store_true", default=False,
+                   help="let third-party logs and progress bars through (transformers, datasets, huggingface_hub)")  # fmt: skip
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge, fine-tune, evaluate and run federated/continual learning on HF checkpoints.",
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    parser.add_argument("--version", action="version", version=f"mergekit-het {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"mergekit-het {__version__}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="the sub-command (COMMAND --help: its options)")
     for name in COMMANDS:
         module = importlib.import_module(f"mergekit_het.commands.{name}")
         p = module.add_parser(sub)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
-        p.set_defaults(_run=module.run)
+        add_common_options(p)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with unknown arguments reported by the sub-command they were given to."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args._parser.unknown_arguments(extra)
+    return args
 
 
 def one_line(message: object) -> str:
@@ -70,12 +116,13 @@ _STOPPED = "no unfinished output was left (a fine-tuning or federated run keeps 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     debug = args.debug or os.environ.get("MERGEKIT_HET_DEBUG", "") not in ("", "0")
     formatter = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
+    set_verbose(args.verbose)
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(), no_progress_bars(bool(args.quiet)):
             return int(args._run(args) or 0)
     except (MergekitHetError, OSError) as exc:
         if debug:
@@ -97,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.formatwarning = formatter
+        set_verbose(False)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings' hook)

@@ -1,11 +1,11 @@
 """`mergekit-het eval`: score model folders on tasks, or run a merge comparison from a config.
 
     mergekit-het eval MODEL [MODEL ...] --tasks eval/tasks/text_tasks.yaml [--split test]
-        [--task-names a,b] [--heads TASK=EXPERT_DIR ...] [--out DIR] [--device auto]
-    mergekit-het eval --config eval/configs/minilm_4tasks.yaml --out runs/eval/minilm [--set key=value ...]
+        [--task-names a,b] [--heads TASK=EXPERT_DIR ...] [--output DIR] [--device auto]
+    mergekit-het eval --config runs/quickstart/compare.yaml --output runs/quickstart/report2 [--set key=value ...]
 
 The first form writes `eval_results.json` into every MODEL folder (skip with --no-results-file)
-and, with --out, results.json / report.md / accuracy.png there. The second form evaluates the
+and, with --output (alias --out), results.json / report.md / accuracy.png there. The second form evaluates the
 base, the experts and every configured merge method (swept on validation, reported on test).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,11 +32,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--heads", action="append", default=[], metavar="TASK=FOLDER",
                    help="take TASK's head from FOLDER (an expert) instead of the model folder")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones truncated (default 128)")
     p.add_argument("--max-examples", type=int, help="random subset (seed 0) of each split")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--out", type=Path, help="folder for results.json, report.md and plots")
+    p.add_argument("--output", "--out", dest="out", type=Path,
+                   help="folder for results.json, report.md and plots (--out: an accepted alias)")
     p.add_argument("--no-results-file", action="store_true",
                    help="do not write eval_results.json into the model folders")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -57,7 +59,7 @@ def _run_comparison(args: argparse.Namespace) -> int:
     if args.models or args.tasks:
         raise ConfigError("--config replaces MODEL and --tasks; give one or the other")
     if args.out is None:
-        raise ConfigError("--config needs --out DIR for the results")
+        raise ConfigError("--config needs --output DIR for the results")
     check_output(args.out, args.overwrite)
     cfg = load_compare_config(args.config, args.overrides)
     comparison = run_comparison(cfg)
@@ -75,6 +77,17 @@ def _parse_heads(items: list[str]) -> dict[str, str]:
             raise ConfigError(f"--heads '{item}' is not of the form TASK=FOLDER")
         heads[task] = folder
     return heads
+
+
+def _load_with_heads(load_model, model: str, tasks, heads: dict[str, str]):  # noqa: ANN001, ANN202 (runner's types)
+    """`load_model`, its "no head for task T" error ending with the flag that gives one."""
+    try:
+        return load_model(model, tasks, heads)
+    except ConfigError as exc:
+        task = re.match(r"no head for task '([^']+)'", str(exc))
+        if task is None:
+            raise
+        raise ConfigError(f"{exc}: --heads {task[1]}=EXPERT_FOLDER") from None
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -105,11 +118,12 @@ def _run_models(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, "--device")
     results = {}
     for m in args.models:
+        model = _load_with_heads(load_model, m, tasks, heads)
         tok = load_tokenizer(m)
         data = {t.name: encode_split(t, args.split, tok, batch_size=args.batch_size,
                                      max_length=args.max_length, max_examples=args.max_examples)
                 for t in tasks}
-        results[m] = evaluate(load_model(m, tasks, heads), data, device=device)
+        results[m] = evaluate(model, data, device=device)
         if not args.no_results_file:
             write_eval_results(m, results[m], args.split, overwrite=args.overwrite)
     table = scores_table(results)

@@ -1,4 +1,4 @@
-"""`mergekit-het extract-lora --model FT --base-model BASE --out-path OUT`: a PEFT LoRA adapter from
+"""`mergekit-het extract-lora --model FT --base-model BASE --output OUT` (or mergekit's `--out-path OUT`): a PEFT LoRA adapter from
 a fine-tuned model and its base, with mergekit-extract-lora 0.1.5's flags (and their defaults)."""
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "whose B·A is the truncated SVD of each weight's change W_ft − W_base.")  # fmt: skip
     p.add_argument("--model", required=True, help="fine-tuned model (folder, Hub id, or MODEL+ADAPTER)")
     p.add_argument("--base-model", "--base", dest="base_model", required=True, help="its base model")
-    p.add_argument("--out-path", "--out", dest="out_path", type=Path, required=True, help="adapter folder to write")
+    p.add_argument("--output", "--out-path", "--out", dest="out_path", type=Path, required=True,
+                   help="adapter folder to write (--out-path, mergekit's name, and --out: accepted aliases)")
     p.add_argument("--max-rank", "--rank", "-r", dest="max_rank", type=positive_int, default=128, help="largest LoRA rank (default 128)")
     p.add_argument("--sv-epsilon", type=float, default=0.0,
                    help="also drop singular values ≤ this (default 0: keep max-rank of them)")  # fmt: skip

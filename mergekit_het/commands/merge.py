@@ -1,4 +1,4 @@
-"""`mergekit-het merge CONFIG OUT`: merge models as a mergekit YAML file describes (the model card
+"""`mergekit-het merge CONFIG OUT` (or `--output OUT`): merge models as a mergekit YAML file describes (the model card
 and side files are written by `run_merge`, as for every caller).
 
 Every flag of mergekit-yaml 0.1.5 is accepted with the same meaning, so `mergekit-het merge` can
@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..merge.config import load_merge_config
 from ..merge.engine import MergeOptions, run_merge
 from .options import Compat, add_compat_flags, byte_size, compat_notes, device_name, non_negative_int, positive_int, shard_size
@@ -35,7 +36,6 @@ COMPAT: Compat = [
     ("--write-threads", True, "writes are always asynchronous (one writer thread)"),
     ("--clone-tensors", False, "every output tensor is written from its own buffer (a reused layer needs no clone)"),
     ("--no-safe-serialization", False, "outputs are always safetensors"),
-    ("--verbose", False, "the summary line is all there is to log"),
 ]
 _QUIET_NO_OPS = ["--no-cuda", "--no-lazy-unpickle", "--no-low-cpu-memory", "--no-read-to-gpu", "--no-multi-gpu",
                  "--no-async-write", "--no-clone-tensors", "--safe-serialization", "--no-trust-remote-code", "--no-allow-crimes"]  # fmt: skip
@@ -46,7 +46,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Merge models described by a mergekit-style YAML config into OUT "
                                    "(mergekit-yaml's flags are accepted too).")  # fmt: skip
     p.add_argument("config", type=Path, help="mergekit YAML (models or slices / base_model / merge_method / parameters / dtype)")
-    p.add_argument("out", type=Path, help="output folder (written atomically)")
+    p.add_argument("out", type=Path, nargs="?", default=None, help="output folder (written atomically), as mergekit-yaml's OUT")
+    p.add_argument("--output", type=Path, default=None, help="the output folder, instead of the positional OUT")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only a model folder or one of our outputs)")
     p.add_argument("--overwrite-any", action="store_true", help="replace OUT if it exists, whatever it holds")
     p.add_argument("--device", type=device_name, default=None, help="where the arithmetic runs: cpu, cuda, cuda:1, auto (default cpu)")
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr)
     if args.transformers_cache:
         os.environ["HF_HUB_CACHE"] = str(Path(args.transformers_cache).expanduser())
+    if (args.out is None) == (args.output is None):
+        raise ConfigError("give the output folder once: merge CONFIG OUT, or merge CONFIG --output OUT")
+    args.out = args.out or args.output
     cfg = load_merge_config(args.config)
     options = MergeOptions(
         device=args.device or ("cuda" if args.cuda or args.gpu_rich else "cpu"), threads=args.threads, prefetch=args.prefetch,

@@ -42,7 +42,7 @@ from ..models.ridge import RidgeStatistics
 from ..data.tasks import load_split, load_task_file, num_labels_of
 from ..models.classifier import build_classifier, load_trainable, trainable_state
 from ..runtime.evaluation import evaluate_classifier
-from ..runtime.resume import check_resume
+from ..runtime.resume import check_resume, resume_message
 from .config import RESUME_FREE_KEYS, FederatedConfig
 from .fed3r import client_statistics
 from .partition import make_partition
@@ -126,6 +126,7 @@ def _start(cfg: FederatedConfig, work: Path) -> RoundState | None:
         raise ConfigError(f"rounds: {cfg.rounds}, but the interrupted run in {work} has completed {st.round} rounds")
     if not cfg.allow_config_change:
         check_resume(st.config, _config_json(cfg), RESUME_FREE_KEYS, f"the interrupted run in {work}", "--allow-config-change")
+    print(resume_message("round", st.round, work))
     return st
 
 

@@ -11,6 +11,7 @@ import torch
 
 from ..runtime.batching import eval_batches
 from ..runtime.evaluation import eval_mode, evaluate_batches
+from ..runtime.resume import resume_message
 from . import io
 from .config import FinetuneConfig
 
@@ -93,7 +94,7 @@ def resume_latest(accelerator, work: Path) -> tuple[int, list[dict]]:
         return 0, []
     accelerator.load_state(str(ckpts[-1]))
     state = json.loads((ckpts[-1] / TRAINER_STATE).read_text())
-    accelerator.print(f"resumed from {ckpts[-1]} at step {state['step']}")
+    accelerator.print(resume_message("step", state["step"], work))
     return state["step"], state["history"]
 
 

@@ -8,12 +8,18 @@ with quiet_third_party():
 ```
 Our own progress bars (tqdm) are not affected. Inside the block the libraries log errors only;
 their previous settings are restored on exit.
+
+`no_progress_bars()` (the CLI's `--quiet`) turns off every tqdm bar of the block, ours and the
+libraries': tqdm has no run-time switch (its TQDM_DISABLE variable is read when tqdm is imported,
+which the command modules already did), so the block makes `tqdm.__init__` pass disable=True
+and restores it on exit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _verbose = False
 
@@ -58,3 +64,24 @@ def quiet_third_party() -> Iterator[None]:
             datasets.enable_progress_bars()
         if not saved[4]:
             hub.enable_progress_bars()
+
+
+@contextmanager
+def no_progress_bars(active: bool = True) -> Iterator[None]:
+    """No tqdm progress bar is shown inside the block (a no-op when not `active`)."""
+    if not active:
+        yield
+        return
+    from tqdm import std
+
+    init = std.tqdm.__init__
+
+    def disabled(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = disabled
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = init

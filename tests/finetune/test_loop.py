@@ -130,7 +130,7 @@ def test_finetune_classifier_protocol_and_causal_lm(tiny_bert, tiny_gpt2, toy_ta
         ({"talos.sparsity": 1.0}, "talos.sparsity: Input should be less than 1"),
         ({"talos.sparsity": 0}, "talos.sparsity: Input should be greater than 0"),
         ({"mode": "dense", "train.budget_fraction": 0.5}, "budget_fraction is for mode 'undertrained'"),
-        ({"train.bogus": 1}, "train.bogus: Extra inputs are not permitted"),
+        ({"train.bogus": 1}, "unknown key 'train.bogus'"),
     ],
 )
 def test_finetune_bad_config_one_line_error(tiny_bert, toy_task, tmp_path, over, message):
