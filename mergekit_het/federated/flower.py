@@ -17,12 +17,10 @@ mergekit-het imports this module.
   (plus optional `overrides`, space-separated `key=value`).
 
 With the same config, a Flower run gives the native runner's global model (the same client
-sample, seeds and aggregation; `tests/federated/test_flower.py`). Simulation:
-```
-flwr run federated/flower_app local --stream --run-config 'config="/abs/path/minilm_austen.yaml"'
-```
-with `[superlink.local] address = ":local:"` and `options.num-supernodes = <num_clients>` in
-`$FLWR_HOME/config.toml` (see docs/federated.md).
+sample, seeds and aggregation; `tests/federated/test_flower.py`), and a deployment (SuperLink
+and SuperNodes as separate processes) the simulation's (`tests/federated/test_flower_deployment.py`).
+Run through `mergekit-het federated CONFIG --flower federated/flower_app [--flower-deployment]`
+(`flower_cli`, `flower_deploy`; docs/federated.md gives the plain `flwr run` commands).
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -52,6 +51,7 @@ HEAD = "fed3r-head"  # the Fed3R head, sent with every training message
 PARTITION = "partition-id"
 ROUND, CLIENT = "server-round", "client-id"
 FED3R_ACTION = "fed3r"  # query.fed3r: a node's Fed3R statistics
+MODEL_FILE = "flower_model.safetensors"  # the global model's trainable tensors, written by the server
 NODE_WAIT_SECONDS = 600.0  # how long the server waits for every partition's node to connect
 
 
@@ -257,9 +257,11 @@ server_app = ServerApp()
 
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
-    """`run_flower`, then the history as `<output.dir>/flower_history.json`."""
+    """`run_flower`, then the history as `<output.dir>/flower_history.json` and the global
+    model's trainable tensors as `<output.dir>/flower_model.safetensors`."""
     cfg, data, model, strategy = _setup(_config_of(context).model_dump_json())
     history = run_flower(grid, cfg, data, model, strategy)
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "flower_history.json").write_text(json.dumps(history, indent=1))
+    save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model).items()}, out / MODEL_FILE)

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid  # noqa: E402
 from mergekit_het.federated import load_federated_config, run_federated  # noqa: E402
 from mergekit_het.federated import flower as fl  # noqa: E402
 from mergekit_het.federated.fed3r import client_statistics  # noqa: E402
-from mergekit_het.federated.flower_cli import OFFLINE  # noqa: E402
+from mergekit_het.federated.flower_cli import OFFLINE, superlink_pids  # noqa: E402
 from mergekit_het.federated.runner import build_model, load_data  # noqa: E402
 from mergekit_het.federated.strategy import build_strategy  # noqa: E402
 from mergekit_het.models.classifier import trainable_state  # noqa: E402
@@ -153,7 +153,7 @@ def _flower_env(tmp_path, port: str) -> dict:
 def test_flower_simulation_runs_and_failures_exit_nonzero(tiny_bert, toy_task, tmp_path):
     """`flwr run` on a local SuperLink (simulation, loopback only, flwr 1.42's keys): 4
     SuperNodes, 2 rounds; then `mergekit-het federated --flower` on a config whose ServerApp
-    fails (a missing task file) exits 2 naming the failed run."""
+    fails (a missing task file) exits 2 naming the failed run, and leaves no SuperLink running."""
     pytest.importorskip("ray")
     cfg = {"model": str(tiny_bert), "data": {"task_file": str(toy_task), "task": "toy", "max_length": 16},
            "partition": {"scheme": "iid", "num_clients": 4}, "rounds": 2, "clients_per_round": 2,
@@ -176,7 +176,9 @@ def test_flower_simulation_runs_and_failures_exit_nonzero(tiny_bert, toy_task, t
     try:
         failed = subprocess.run(["mergekit-het", "federated", str(tmp_path / "bad.yaml"), "--flower", str(APP)],
                                 env=_flower_env(tmp_path, "39391"), capture_output=True, text=True, timeout=600)  # fmt: skip
+        left = [pid for pid in superlink_pids() if "39391" in Path(f"/proc/{pid}/cmdline").read_text()]
     finally:
         _kill_superlink("39391")
     assert failed.returncode == 2, failed.stdout[-2000:] + failed.stderr[-2000:]
     assert "ended finished:failed" in failed.stderr
+    assert left == []  # the command stopped the local SuperLink that flwr started for it
