@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
-from .consensus import elect_sign
-from .registry import Bounds, merge_method
+from .registry import WHOLE, Bounds, Chunks, Prepare, TensorStats, as_compute_dtype, merge_method
 from .stacked import stack_models
 
 TopShare = Annotated[float, Bounds(warn_low=0, warn_high=1, warn_why="it is a share of the entries, outside [0, 1]")]
@@ -31,17 +30,47 @@ def top_variance_mask(deltas: Tensor, select_topk: float) -> Tensor:
     return mask
 
 
-def mean_square_weights(deltas: Tensor) -> Tensor:
+def mean_square_weights(deltas: Tensor, mean_squares: Tensor | None = None) -> Tensor:
     """ωᵢ = mean(τᵢ²) / Σⱼ mean(τⱼ²) per model (1/n each if the sum is below 1e-6), shaped to
-    broadcast against the stacked `deltas`."""
-    w = deltas.square().reshape(deltas.shape[0], -1).mean(dim=1)
+    broadcast against the stacked `deltas`; `mean_squares`: the mean(τᵢ²) of the whole tensors
+    when `deltas` is a chunk of them."""
+    w = deltas.square().reshape(deltas.shape[0], -1).mean(dim=1) if mean_squares is None else mean_squares
     total = torch.sum(w).item()
     w = torch.ones_like(w) / w.shape[0] if abs(total) < 1e-6 else w / total
     return w.view(-1, *([1] * (deltas.dim() - 1)))
 
 
-@merge_method("sce", paper="arXiv:2408.07990", base="required")
-def sce(base: Tensor, tensors: Sequence[Tensor], *, select_topk: TopShare = 1.0, int8_mask: bool = False) -> Tensor:
+def sce_chunked(numel: int, kwargs: dict[str, Any]) -> Prepare | None:
+    """SCE chunk by chunk without selection (`select_topk` ≥ 1, the default, or ≤ 0): one pass
+    sums each τᵢ² over the chunks (float64), giving the whole tensor's mean squares; the rest is
+    elementwise. Equal to the whole-tensor result up to the rounding of those means (the whole
+    form's float32 mean). A selection (0 < select_topk < 1) takes the top-k of the variance with
+    `torch.topk`'s order among ties: whole tensors."""
+    topk = kwargs["select_topk"]
+    if 0 < topk < 1:
+        return None
+
+    def prepare(chunks: Chunks) -> TensorStats:
+        sums = 0
+        for _, base, tensors in chunks():
+            b = as_compute_dtype(base)
+            sums = sums + torch.stack([(as_compute_dtype(t) - b).double().square().sum() for t in tensors])
+        means = (sums / numel).float() * (1.0 if topk >= 1 else 0.0)
+        return TensorStats(tensor={"mean_squares": means})
+
+    return prepare
+
+
+def majority_sign(deltas: Tensor) -> Tensor:
+    """+1 where Σᵢ τᵢ ≥ 0, else −1 (TIES's mass election, + on a tie), the sum reduced over the
+    stacked dim 0 as mergekit does: in float32 that is the model-order sum, in bf16 one rounding
+    of a float32 accumulation (a running bf16 sum can flip a near-zero vote)."""
+    return torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
+
+
+@merge_method("sce", paper="arXiv:2408.07990", base="required", chunked=sce_chunked)
+def sce(base: Tensor, tensors: Sequence[Tensor], *, select_topk: TopShare = 1.0, int8_mask: bool = False,
+        stats: TensorStats = WHOLE) -> Tensor:  # fmt: skip
     """θ₀ + Σᵢ ωᵢaᵢτᵢ / max(Σᵢ ωᵢaᵢ, 1e-6), elementwise, with τᵢ = θᵢ − θ₀:
 
     1. select: if `select_topk` < 1, zero every τᵢ outside the top-variance entries
@@ -49,6 +78,7 @@ def sce(base: Tensor, tensors: Sequence[Tensor], *, select_topk: TopShare = 1.0,
     2. calculate: ωᵢ from the mean squares of the selected τᵢ (`mean_square_weights`);
     3. erase: aᵢ = 1 where sign(τᵢ) equals the sign of Σⱼ τⱼ (+ on a tie; zeros never agree).
     No per-model weights. `int8_mask` only changed mergekit's mask dtype: results are identical.
+    Chunked, the mean squares of step 2 come from `stats.tensor` (`sce_chunked`).
     """
     if not tensors:
         return base
@@ -56,8 +86,7 @@ def sce(base: Tensor, tensors: Sequence[Tensor], *, select_topk: TopShare = 1.0,
     deltas -= base
     if select_topk < 1:
         deltas *= top_variance_mask(deltas, select_topk)
-    sign = elect_sign(list(deltas), "sum")
-    agree = deltas.sign() == sign
-    weights = mean_square_weights(deltas) * agree
+    agree = deltas.sign() == majority_sign(deltas)
+    weights = mean_square_weights(deltas, stats.tensor.get("mean_squares")) * agree
     mixed = (deltas * weights).sum(dim=0)
     return base + mixed / torch.sum(weights, dim=0).clamp(min=1e-6)
