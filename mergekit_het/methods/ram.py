@@ -10,15 +10,14 @@ counted over the tensor ("TL": tensor-local statistics).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
-import torch
 from torch import Tensor
 
-from .registry import Bounds, elementwise, merge_method
+from .registry import WHOLE, Bounds, Chunks, Float32Copies, Prepare, TensorStats, as_compute_dtype, elementwise, merge_method
+from .stacked import stack_models
 
 Threshold = Annotated[float, Bounds(warn_low=0, warn_why="a negative epsilon counts every entry as changed")]
-from .stacked import stack_models
 
 
 def _active(base: Tensor, tensors: Sequence[Tensor], epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -48,14 +47,37 @@ def ram(base: Tensor, tensors: Sequence[Tensor], *, epsilon: Threshold = 1e-5) -
     return _combine(base, kept, counts, None)
 
 
-@merge_method("ramplus_tl", paper="arXiv:2601.13572", base="required")
+def overlap_counts(active: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Per model, (#entries it shares with another model, #entries only it changed)."""
+    return (active & (counts > 1)).sum(dim=1), (active & (counts == 1)).sum(dim=1)
+
+
+def ramplus_tl_chunked(numel: int, kwargs: dict[str, Any]) -> Prepare:
+    """RAM+ chunk by chunk: the overlap counts of the whole tensor are sums of the chunks'
+    (integers, so exact), and with them the merge is elementwise: bit-identical to whole."""
+
+    def prepare(chunks: Chunks) -> TensorStats:
+        shared = unique = 0
+        for _, base, tensors in chunks():
+            _, active, counts = _active(as_compute_dtype(base), Float32Copies(tensors), kwargs["epsilon"])
+            s, u = overlap_counts(active, counts)
+            shared, unique = shared + s, unique + u
+        return TensorStats(tensor={"shared": shared, "unique": unique})
+
+    return prepare
+
+
+@merge_method("ramplus_tl", paper="arXiv:2601.13572", base="required", chunked=ramplus_tl_chunked)
 def ramplus_tl(base: Tensor, tensors: Sequence[Tensor], *, r: float = 0.1, alpha: float = 0.2,
-               epsilon: Threshold = 1e-5) -> Tensor:
-    """RAM+ with per-tensor overlap ratios ρᵢ scaling each model's unique changes (module docstring)."""
+               epsilon: Threshold = 1e-5, stats: TensorStats = WHOLE) -> Tensor:  # fmt: skip
+    """RAM+ with per-tensor overlap ratios ρᵢ scaling each model's unique changes (module
+    docstring); chunked, the counts come from `stats.tensor` (`ramplus_tl_chunked`)."""
     if not tensors:
         return base
     kept, active, counts = _active(base, tensors, epsilon)
-    shared = (active & (counts > 1)).sum(dim=1)
-    unique = (active & (counts == 1)).sum(dim=1)
+    if "unique" in stats.tensor:
+        shared, unique = stats.tensor["shared"], stats.tensor["unique"]
+    else:
+        shared, unique = overlap_counts(active, counts)
     rho = shared / unique.clamp(min=epsilon)
     return _combine(base, kept, counts, 1 + r * rho.clamp(min=0, max=alpha))

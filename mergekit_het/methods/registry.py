@@ -118,10 +118,12 @@ class TensorStats:
     `model`: model-wide statistics, the outputs of the method's `passes` and, for a method
     with `statistics`, each kind's per-model counts (`io.statistics.model_statistics`, lists);
     `inputs`: for a method with `statistics`, per kind one float32 tensor per model read from
-    the model's statistics file beside this tensor (None where that file lacks it)."""
+    the model's statistics file beside this tensor (None where that file lacks it); `tensor`:
+    whole-tensor statistics a chunked form's `prepare` computed (its own keys, e.g. `gram`)."""
 
     start: int = 0
     trims: tuple[Any, ...] | None = None
+    tensor: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     inputs: Mapping[str, tuple[Tensor | None, ...]] = field(default_factory=dict)
 
