@@ -8,26 +8,31 @@ The recipe it runs, readable top to bottom (setup, explicit loop, save), is
         output.dir=experts/wordnet_pos_talos train.max_steps=200
     accelerate launch --cpu --num_processes 2 finetune/finetune.py CONFIG [key.sub=value ...]
     accelerate launch --num_processes 4 finetune/finetune.py CONFIG        # 4 GPUs
-    mergekit-het finetune CONFIG [--overwrite] [--resume] [key.sub=value ...]
+    mergekit-het finetune CONFIG [--overwrite] [--restart] [key.sub=value ...]
 
-Flags `--overwrite`, `--output DIR` and `--resume` are accepted here too. Exit status 2 with a
-one-line message on bad input (checked before training starts).
+The same flags are accepted here (`--output DIR`, `--overwrite`, `--restart`, `--quiet`, `--verbose`,
+...); an interrupted run resumes by itself. Exit status 2 with a one-line message on bad input
+(checked before training starts).
 """
 
 import argparse
 import sys
 
+from mergekit_het.cli import add_common_options
 from mergekit_het.commands import finetune as command
 from mergekit_het.errors import MergekitHetError
+from mergekit_het.runtime.logs import no_progress_bars, set_verbose
 
 
 def main(argv: list[str]) -> int:
     """Same arguments as `mergekit-het finetune`, without importing the other CLI commands."""
     parser = argparse.ArgumentParser(prog="finetune/finetune.py")
-    command.add_parser(parser.add_subparsers(dest="command", required=True))
+    add_common_options(command.add_parser(parser.add_subparsers(dest="command", required=True)))
     args = parser.parse_args(["finetune", *argv])
+    set_verbose(args.verbose)
     try:
-        return command.run(args)
+        with no_progress_bars(args.quiet):
+            return command.run(args)
     except MergekitHetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

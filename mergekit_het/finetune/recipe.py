@@ -8,7 +8,7 @@ Every launcher runs this recipe (`train.batch_size` is per process):
     accelerate launch --cpu --num_processes 2 finetune/finetune.py CONFIG [key.sub=value ...]
     accelerate launch --num_processes 4 finetune/finetune.py CONFIG            # 4 GPUs
     accelerate launch --num_processes 4 -m mergekit_het.cli finetune CONFIG    # the same, installed
-    mergekit-het finetune CONFIG --resume                                      # continue a stopped run
+    mergekit-het finetune CONFIG                  # again after a stop: resumes (--restart starts over)
 
 ```python
 recipe = FinetuneRecipe(load_finetune_config("finetune/configs/minilm_frozen_head_dense.yaml"))
