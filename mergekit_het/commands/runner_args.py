@@ -16,7 +16,7 @@ def add_config_arguments(p: argparse.ArgumentParser, config_help: str, overrides
     """CONFIG, `key.sub=value` overrides, `--output DIR` and `--overwrite`."""
     p.add_argument("config", type=Path, help=config_help)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help=f"config overrides, e.g. {overrides_example}")
-    p.add_argument("--output", type=Path, default=None, help="output folder (same as output.dir=PATH)")
+    p.add_argument("--output", type=Path, default=None, metavar="DIR", help="output folder (same as output.dir=DIR)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if a finished run is there")
 
 
@@ -25,7 +25,7 @@ def add_resume_arguments(p: argparse.ArgumentParser, *aliases: str, config_chang
     `--allow-config-change`."""
     p.add_argument("--restart", *aliases, dest="restart", action="store_true",
                    help="start over, discarding the saved state of an interrupted run in the output folder "
-                   "(by default such a run resumes)" + (f"; {', '.join(aliases)}: accepted aliases" if aliases else ""))  # fmt: skip
+                   "(by default such a run resumes)" + (f"; {', '.join(aliases)}: an accepted old name" if aliases else ""))  # fmt: skip
     if config_change:
         p.add_argument("--allow-config-change", action="store_true",
                        help="resume even though keys that change the result (seed, lr, data, ...) differ from the "
