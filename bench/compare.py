@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -54,6 +54,8 @@ class Method:
     uses_base: bool
     model_params: dict
     deterministic: bool = True
+    experts: int | None = None  # how many experts it merges (None: all); the 2-model methods take 1 or 2
+    params: dict = field(default_factory=dict)  # global parameters
 
 
 METHODS: dict[str, Method] = {
@@ -69,16 +71,25 @@ METHODS: dict[str, Method] = {
     "sce": Method("sce", True, {}),
     "ram": Method("ram", True, {}),
     "ramplus_tl": Method("ramplus_tl", True, {}),
+    # two-model methods: base + 1 expert (nuslerp: 2 experts around the base)
+    "slerp": Method("slerp", True, {}, experts=1, params={"t": 0.5}),
+    "nuslerp": Method("nuslerp", True, {"weight": 1.0}, experts=2),
+    "nearswap": Method("nearswap", True, {}, experts=1, params={"t": 0.001}),
+    "arcee_fusion": Method("arcee_fusion", True, {}, experts=1, deterministic=False),  # samples above 10⁶ entries
 }
 
 
 def merge_yaml(method: Method, folders: list[Path], dtype: str, compute_dtype: str | None) -> dict:
     """mergekit YAML: task-vector methods merge the experts onto the base; linear averages all models."""
     members = folders[1:] if method.uses_base else folders
+    members = members[: method.experts] if method.experts else members
     cfg: dict = {"merge_method": method.name}
     if method.uses_base:
         cfg["base_model"] = str(folders[0])
-    cfg["models"] = [{"model": str(m), "parameters": dict(method.model_params)} for m in members]
+    cfg["models"] = [{"model": str(m), **({"parameters": dict(method.model_params)} if method.model_params else {})}
+                     for m in members]  # fmt: skip
+    if method.params:
+        cfg["parameters"] = dict(method.params)
     cfg["dtype"] = compute_dtype or dtype
     if compute_dtype and compute_dtype != dtype:
         cfg["out_dtype"] = dtype

@@ -12,6 +12,12 @@ Deterministic methods must be bit-exact in float32. Random methods (DARE, DELLA)
 from mergekit's global torch RNG in its execution order, ours from a generator seeded per tensor
 name, so with the same --random-seed their masks differ: they are run and reported as "not
 comparable" (their Δ is shown for information only).
+
+With `--dtype bfloat16 --arithmetic config-dtype` every deterministic config must be bit-exact
+too. mergekit 0.1.5 writes the dtype a method returns, and arcee_fusion (a float32 mask) and
+ramplus_tl (a float32 λ) return float32 on bf16 inputs, where we write the config's dtype: those
+are compared with mergekit's values rounded to it (verdict "bit-exact (rounded)"), and their
+`out_dtype: float32` configs compare the files as written.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import default_mergekit_argv  # noqa: E402
@@ -49,9 +57,10 @@ class Case:
     params: dict = field(default_factory=dict)
     random: bool = False
     slices: tuple[tuple[tuple[int, int, int, dict], ...], ...] = ()  # per slice: (model, start, end, parameters)
+    out_dtype: str | None = None
 
     def config(self, folders: list[Path], dtype: str = "float32") -> dict:
-        cfg: dict = {"merge_method": self.method, "dtype": dtype}
+        cfg: dict = {"merge_method": self.method, "dtype": dtype} | ({"out_dtype": self.out_dtype} if self.out_dtype else {})
         if self.base:
             cfg["base_model"] = str(folders[0])
         if self.slices:
@@ -95,8 +104,11 @@ CASES = [
     Case("sce_topk", "sce", (1, 2, 3), params={"select_topk": 0.3}),
     Case("nearswap", "nearswap", (1,), params={"t": 0.001}),
     Case("arcee_fusion", "arcee_fusion", (1,)),
+    Case("arcee_fusion_out_float32", "arcee_fusion", (1,), out_dtype="float32"),  # mergekit's bf16 file dtype
     Case("ram", "ram", (1, 2, 3), params={"epsilon": 1e-3}),
     Case("ramplus_tl", "ramplus_tl", (1, 2, 3), params={"r": 0.5, "alpha": 0.3, "epsilon": 1e-3}),
+    Case("ramplus_tl_out_float32", "ramplus_tl", (1, 2, 3), params={"r": 0.5, "alpha": 0.3, "epsilon": 1e-3},
+         out_dtype="float32"),
     Case("passthrough", "passthrough", (2,), base=False),
     Case("passthrough_scale_gradient", "passthrough", (2,), base=False,
          params={"scale": [{"filter": "o_proj", "value": [0.0, 2.0]}, {"value": 1.0}]}),
@@ -137,14 +149,45 @@ def compare_case(case: Case, folders: list[Path], tmp: Path, args: argparse.Name
         run(het_cmd, tmp / f"{case.label}.het.log")
     except RuntimeError as exc:
         return row | {"verdict": "FAILED", "error": str(exc)}
-    diff = compare_outputs(tmp / f"{case.label}.mk", tmp / f"{case.label}.het")
+    mk_out = tmp / f"{case.label}.mk"
+    diff = compare_outputs(mk_out, tmp / f"{case.label}.het")
+    wider = widened_dtypes(diff.problems, args.dtype)
+    if wider:  # mergekit wrote its promoted result dtype: compare its values rounded to the config's
+        diff = compare_outputs(rounded_copy(mk_out, args.dtype), tmp / f"{case.label}.het")
+        row["note"] = f"mergekit 0.1.5 wrote {'/'.join(sorted(wider))} (its result's promoted dtype), compared rounded to {args.dtype}"
     row |= {"tensors": diff.tensors, "elements": diff.elements, "differing": diff.differing, "max_abs": diff.max_abs,
             "where": diff.max_abs_tensor, "problems": diff.problems}
     if case.random:
         row["verdict"] = "not comparable (RNG)"
     else:
         row["verdict"] = "bit-exact" if diff.differing == 0 and not diff.problems else "DIFFERS"
+        row["verdict"] += " (rounded)" if wider and row["verdict"] == "bit-exact" else ""
     return row
+
+
+def widened_dtypes(problems: list[str], dtype: str) -> set[str]:
+    """The dtypes mergekit wrote instead of the config's `dtype`, where every problem is such a
+    dtype mismatch (mergekit 0.1.5 writes whatever dtype a method returns: arcee_fusion's float32
+    mask and ramplus_tl's float32 λ promote a bf16 merge to float32); else empty."""
+    want = f"torch.{dtype}"
+    pairs = [p.split(": dtype ", 1)[1].split(" vs ") for p in problems if ": dtype " in p]
+    if len(pairs) != len(problems) or any(ours != want for _, ours in pairs):
+        return set()
+    return {theirs.removeprefix("torch.") for theirs, _ in pairs}
+
+
+def rounded_copy(folder: Path, dtype: str) -> Path:
+    """`folder`'s safetensors with every float tensor rounded to `dtype` (round to nearest even,
+    as a cast is), beside it."""
+    out = folder.with_name(folder.name + "-rounded")
+    out.mkdir(exist_ok=True)
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(path)
+        save_file({k: t.to(getattr(torch, dtype)) if t.is_floating_point() else t for k, t in tensors.items()}, out / path.name)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        (out / index.name).write_text(index.read_text())
+    return out
 
 
 def print_table(rows: list[dict]) -> None:
@@ -161,6 +204,9 @@ def print_table(rows: list[dict]) -> None:
             print(f"\n{r['config']}: {r['error']}")
         elif r["problems"] or r["verdict"] == "DIFFERS":
             print(f"\n{r['config']}: largest difference in {r['where']}; {'; '.join(r['problems'][:5])}")
+    for r in rows:
+        if "note" in r:
+            print(f"\n{r['config']}: {r['note']}")
 
 
 def main(argv: list[str] | None = None) -> int:
