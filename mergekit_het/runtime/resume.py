@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .files import atomic_write_text
 
 RUN_CONFIG = "run_config.json"  # in a work folder: the config the saved state was made with
 RESTART = "--restart"
@@ -64,8 +65,9 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], free: Collect
 
 
 def record_config(work: Path, config: Mapping[str, Any]) -> None:
-    """Keep `config` (JSON-able) in `work` as the config of the run being started there."""
-    (work / RUN_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
+    """Keep `config` (JSON-able) in `work` as the config of the run being started there (written
+    atomically: a kill leaves the old file or the new one)."""
+    atomic_write_text(work / RUN_CONFIG, json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def check_recorded_config(work: Path, config: Mapping[str, Any], free: Collection[str], flag: str) -> None:
