@@ -50,8 +50,8 @@ class OneLineParser(argparse.ArgumentParser):
         name = word.split("=", 1)[0]
         options = [o for o in self._option_string_actions if o.startswith("--")] if name.startswith("--") else []
         hint = did_you_mean(name, options)
-        as_override = any(a.dest == "overrides" for a in self._actions) and ("." in name or "=" in word)
-        if name.startswith("--") and as_override and ("." in name or not hint):
+        override_like = name.startswith("--") and ("." in name or "=" in word and not hint)
+        if override_like and any(a.dest == "overrides" for a in self._actions):
             self.error(f"unknown option '{word}': config overrides are written without dashes, as {word[2:]}")
         self.error(f"unrecognized argument{'s' if len(extra) > 1 else ''}: {' '.join(extra)}{hint}")
 
