@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..merge.config import load_merge_config
-from ..merge.engine import MergeOptions, run_merge
 from .options import Compat, add_compat_flags, byte_size, compat_notes, device_name, non_negative_int, positive_int, shard_size
 from .push import add_hub_options, hub_options
 
@@ -84,6 +82,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..merge.config import load_merge_config  # torch loads only when a command runs (fast --help)
+    from ..merge.engine import MergeOptions, run_merge
+
     for note in compat_notes(args, COMPAT + [("-v", False, "the summary line is all there is to log")]):
         print(note, file=sys.stderr)
     if args.transformers_cache:

@@ -175,3 +175,15 @@ def test_eval_without_heads_names_the_flag(small, capsys):
     assert main(["eval", str(bert), "--tasks", str(task), "--no-results-file"]) == 2
     err = capsys.readouterr().err
     assert "no head for task 'toy'" in err and "--heads toy=EXPERT_FOLDER" in err
+
+
+def test_help_and_version_do_not_load_torch():
+    """Building the parser (--help, --version, a usage error) imports no torch, transformers or
+    datasets: a command's heavy imports happen when it runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mergekit_het.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'flwr') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
