@@ -19,19 +19,35 @@ from .registry import WHOLE, Chunks, PerModel, Prepare, TensorStats, as_compute_
 from .stacked import stack_models
 
 
+GRAM_BLOCK = 4096
+
+
 def gram(chunks: Chunks, *, base_as_model: bool = False) -> Tensor:
-    """G = X Xᵀ in float64, accumulated over the flat chunks of one tensor: rows xᵢ = θᵢ − θ₀
-    (the difference in the arithmetic dtype, as the merge pass forms it; θᵢ without a base), or
-    with `base_as_model` the θᵢ and the base as one more row, last. Every norm and dot product
-    of the spherical methods is a function of G."""
+    """G = X Xᵀ over the flat chunks of one tensor: rows xᵢ = θᵢ − θ₀ (the difference in the
+    arithmetic dtype, as the merge pass forms it; θᵢ without a base), or with `base_as_model`
+    the θᵢ and the base as one more row, last. Every norm and dot product of the spherical
+    methods is a function of G. Products summed over blocks of `GRAM_BLOCK` entries in the
+    arithmetic dtype (one batched matmul), the blocks' sums in float64: relative error ~1e-7,
+    that of one float32 whole-tensor dot product, at a quarter of a float64 pass's time."""
     total = None
     for _, base, tensors in chunks():
-        rows = [as_compute_dtype(t) for t in tensors]
-        if base is not None:
-            b = as_compute_dtype(base)
-            rows = rows + [b] if base_as_model else [r - b for r in rows]
-        x = torch.stack(rows).double()
-        total = x @ x.T if total is None else total.add_(x @ x.T)
+        b = None if base is None else as_compute_dtype(base).reshape(-1)
+        extra = b is not None and base_as_model
+        numel, first = tensors[0].numel(), as_compute_dtype(tensors[0])
+        padded = -(-numel // GRAM_BLOCK) * GRAM_BLOCK
+        x = torch.empty((len(tensors) + extra, padded), dtype=first.dtype, device=first.device)
+        x[:, numel:] = 0
+        for i, t in enumerate(tensors):  # one buffer filled row by row, no stacked copies
+            row = (first if i == 0 else as_compute_dtype(t)).reshape(-1)
+            if b is None or extra:
+                x[i, :numel] = row
+            else:
+                torch.sub(row, b, out=x[i, :numel])
+        if extra:
+            x[-1, :numel] = b
+        blocks = x.view(len(x), -1, GRAM_BLOCK).transpose(0, 1)
+        part = torch.bmm(blocks, blocks.transpose(1, 2)).double().sum(0)
+        total = part if total is None else total.add_(part)
     return total
 
 
