@@ -36,7 +36,7 @@ from ..errors import ConfigError
 from ..evaluate.plots import plot_curves
 from ..runtime.batching import tokenize
 from ..runtime.device import resolve_device
-from ..runtime.files import RUNNER_HINT, check_output, publish, work_dir
+from ..runtime.files import RUNNER_HINT, check_output, drop_published_work, publish_run, work_dir
 from ..models.encoder import HEAD_FILE, load_tokenizer, resolve_model
 from ..models.ridge import RidgeStatistics
 from ..data.tasks import load_split, load_task_file, num_labels_of
@@ -117,6 +117,7 @@ def all_client_statistics(cfg: FederatedConfig, model: torch.nn.Module, data: Fe
 
 def _start(cfg: FederatedConfig, work: Path) -> RoundState | None:
     """The saved state to resume from (None: a fresh start; the output must then be free)."""
+    drop_published_work(Path(cfg.output.dir), work)  # a run killed after publishing is finished, not resumable
     st = load_state(work) if cfg.resume else None
     if st is None:
         check_output(Path(cfg.output.dir), cfg.output.overwrite, RUNNER_HINT)
@@ -207,8 +208,7 @@ def _write_output(cfg: FederatedConfig, model, data: FederatedData, history: lis
                 title=f"Federated {data.task}: global test accuracy")  # fmt: skip
     if cfg.output.save_model:
         save_model(model, stage / "model", data.tokenizer)
-    publish(stage, Path(cfg.output.dir), cfg.output.overwrite, RUNNER_HINT)
-    shutil.rmtree(work, ignore_errors=True)
+    publish_run(stage, Path(cfg.output.dir), cfg.output.overwrite, work, RUNNER_HINT)
 
 
 def build_model(cfg: FederatedConfig, data: FederatedData) -> torch.nn.Module:

@@ -41,9 +41,10 @@ def check_output(out: Path, overwrite: bool) -> None:
     atomic.check_output(out, overwrite, atomic.RUNNER_HINT)
 
 
-def publish(src: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished folder `src` to `out`, replacing an existing `out` only if allowed."""
-    atomic.publish(src, out, overwrite, atomic.RUNNER_HINT)
+def publish(src: Path, out: Path, overwrite: bool, work: Path) -> None:
+    """Rename the finished folder `src` to `out`, replacing an existing `out` only if allowed;
+    then remove the work folder `work` (`runtime.files.publish_run`)."""
+    atomic.publish_run(src, out, overwrite, work, atomic.RUNNER_HINT)
 
 
 def _base_files(base: str | Path) -> list[Path]:

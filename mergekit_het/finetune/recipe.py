@@ -148,8 +148,7 @@ class FinetuneRecipe:
         if acc.is_main_process:
             folder = self._write_expert(self.work / "expert", info)
             write_history(self.history, folder)
-            io.publish(folder, self.out, cfg.output.overwrite)
-            shutil.rmtree(self.work, ignore_errors=True)
+            io.publish(folder, self.out, cfg.output.overwrite, self.work)
             if cfg.stats.examples:
                 self._write_statistics()
             acc.print(f"wrote {self.out}: validation accuracy {metrics['validation_accuracy']:.4f}, "

@@ -26,6 +26,7 @@ from ..models.encoder import (
 from ..models.ridge import RidgeHead, RidgeStatistics
 from ..runtime.batching import eval_batches, tokenize
 from ..runtime.device import parse_dtype
+from ..runtime.files import drop_published_work
 from . import io
 from .config import FinetuneConfig
 from .data import TaskData, load_task_data
@@ -34,6 +35,7 @@ from .talos import HEAD_NAMES, calibrate_masks, prunable_parameters
 def preflight(cfg: FinetuneConfig) -> TaskData:
     """All input checks; returns the loaded task data."""
     out = Path(cfg.output.dir)
+    drop_published_work(out, io.work_dir(out))  # a run killed after publishing is finished, not resumable
     if not (cfg.resume and io.work_dir(out).is_dir()):
         io.check_output(out, cfg.output.overwrite)
     resolve_model(cfg.model)

@@ -13,13 +13,16 @@ through `.NAME.old-PID-XXXX`, undone by the next run if a crash falls between th
 - `overwrite=True` replaces only a model folder or a folder one of our runners wrote (recognised
   by its files, see `_looks_like_output`); anything else needs `overwrite="any"`.
 Durable writes for other state (federated round checkpoints): `fsync_tree`, `fsync_dir`,
-`atomic_write_bytes`; see /tmp/notes/files_api.md.
+`atomic_write_bytes`. A resumable runner (fine-tune, federated, continual) publishes with
+`publish_run`, which also removes its work folder, and calls `drop_published_work` first, so a
+kill between those two steps is not mistaken for an unfinished run.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import re
 import secrets
@@ -285,3 +288,32 @@ def terminate_as_interrupt() -> Iterator[None]:
 def work_dir(out: Path) -> Path:
     """The hidden resumable work folder of a fine-tuning, federated or continual run."""
     return out.parent / f".{out.name}.partial"
+
+
+PUBLISHED = "published.json"  # in a work folder: the (device, inode) of the staged output being published
+
+
+def publish_run(stage: Path, out: Path, overwrite: Overwrite, work: Path, hint: str = RUNNER_HINT) -> None:
+    """`publish` a resumable runner's finished `stage`, then remove its work folder `work`.
+
+    The identity of `stage` (device, inode; a rename keeps both) is recorded in `work` first: a
+    run killed after the rename but before the removal leaves a work folder that
+    `drop_published_work` recognises, instead of a finished run that looks interrupted (whose
+    resume would publish a second time and fail on the output now present)."""
+    st = os.stat(stage)
+    atomic_write_text(work / PUBLISHED, json.dumps({"dev": st.st_dev, "ino": st.st_ino}))
+    publish(stage, out, overwrite, hint)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def drop_published_work(out: Path, work: Path) -> bool:
+    """Remove `work` if the output it was publishing is `out` (see `publish_run`); True if so."""
+    try:
+        mark = json.loads((work / PUBLISHED).read_text())
+        st = os.stat(out)
+    except (OSError, ValueError):
+        return False
+    if (st.st_dev, st.st_ino) != (mark.get("dev"), mark.get("ino")):
+        return False
+    shutil.rmtree(work, ignore_errors=True)
+    return True

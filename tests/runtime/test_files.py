@@ -125,3 +125,29 @@ def test_sigterm_removes_staging_and_keeps_old(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
     assert proc.returncode != 0 and (out / "config.json").read_text() == "old" and hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_publish_run_then_kill_before_work_removal_is_recognised(tmp_path, monkeypatch, exchange):
+    """A runner killed between publishing and removing its work folder: the next run must see a
+    finished run (drop the work folder), not an interrupted one to resume and publish again."""
+    if not exchange:
+        monkeypatch.setattr(files, "_renameat2", lambda *a: False)
+    out, work = model_folder(tmp_path / "out", "old"), tmp_path / ".out.partial"
+    work.mkdir()
+    stage = model_folder(work / "output", "new")
+    real = files.shutil.rmtree
+    monkeypatch.setattr(files.shutil, "rmtree", lambda p, **kw: None if Path(p) == work else real(p, **kw))  # the kill
+    files.publish_run(stage, out, True, work)
+    monkeypatch.setattr(files.shutil, "rmtree", real)
+    assert (out / "config.json").read_text() == "new" and (work / files.PUBLISHED).is_file()
+    assert files.drop_published_work(out, work) and not work.exists()
+    # an unfinished run's work folder (its stage never published, or another output there) is kept
+    work.mkdir()
+    stage = model_folder(work / "output", "newer")
+    (work / files.PUBLISHED).write_text('{"dev": %d, "ino": %d}' % (os.stat(stage).st_dev, os.stat(stage).st_ino))
+    assert not files.drop_published_work(out, work) and work.is_dir()
+    (work / files.PUBLISHED).write_text("{trunc")
+    assert not files.drop_published_work(out, work) and work.is_dir()
+    files.publish_run(stage, out, True, work)
+    assert (out / "config.json").read_text() == "newer" and hidden(tmp_path) == []
