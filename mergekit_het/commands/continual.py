@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .runner_args import add_config_arguments, config_overrides
+from .runner_args import add_config_arguments, add_resume_arguments, config_overrides
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -12,9 +12,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "continual", help="continual learning: strategies x seeded schedules of a stream (table, matrices, plots)",
         description="Run every configured strategy (finetune, ewc, replay, merge, scroll, joint, federated) on "
         "every seeded schedule of one stream built from the task file; writes results.json, table.md "
-        "(class- and task-incremental accuracy, forgetting, BWT: mean ± std over schedules) and plots.",
+        "(class- and task-incremental accuracy, forgetting, BWT: mean ± std over schedules) and plots. "
+        "Resumes an interrupted suite from its finished runs.",
     )
     add_config_arguments(p, "continual YAML config (see docs/continual.md)", "stream.schedules=5 device=cuda")
+    add_resume_arguments(p)
     p.add_argument("--reduced", action="store_true", help="apply the config's `reduced:` overrides (a tiny budget, for a CPU check)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

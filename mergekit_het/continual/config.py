@@ -161,6 +161,8 @@ class ContinualConfig(StrictModel):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)
+    resume: bool = True  # continue an interrupted suite from its finished runs (continual.state)
+    allow_config_change: bool = False  # resume even if keys outside state.RESUME_FREE_KEYS changed
     output: OutputConfig
     reduced: dict[str, Any] = {}  # overrides applied by --reduced (a tiny budget for a CPU check)
 

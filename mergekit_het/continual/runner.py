@@ -13,6 +13,8 @@ for schedule in schedules(cfg, pool):             # class order, experience size
             strategy.learn(model, t, exps)
             R_CI[t], R_TI[t] = accuracy_rows(strategy.logits(model), ...)
 ```
+Every finished run (one strategy on one schedule) is kept in the output's hidden work folder, so
+an interrupted suite resumes where it stopped when run again (`continual.state`).
 Outputs (`output.dir`, published atomically): `results.json` (every run's matrices and
 summaries), `table.md` (mean ± std over schedules, gaps to joint, SCROLL's invariance, the
 federated-vs-fine-tuning gap), `matrix_<strategy>.png`, `accuracy_vs_experience.png`, `config.yaml`.
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,37 +38,17 @@ from ..models.classifier import PooledClassifier, head_inputs, trainable_state
 from ..models.encoder import load_encoder, load_tokenizer, resolve_model
 from ..runtime.batching import eval_batches, length_order
 from ..runtime.device import resolve_device
-from ..runtime.files import RUNNER_HINT, check_output, publish, work_dir
+from ..runtime.files import RUNNER_HINT, publish_run, work_dir
 from . import federated_link, scroll  # noqa: F401  (register the federated and SCROLL strategies)
-from .config import ContinualConfig
+from .config import ContinualConfig, label_of
 from .evaluation import accuracy_rows, final_accuracy
-from .metrics import pad, summarize
+from .metrics import pad
 from .report import suite_report, write_plots
 from .strategies import STRATEGIES, Context, check_finite
+from .state import RunResult, run_file, save_run, start
 from .stream import Schedule, build_pool, schedules
 
 COMPARED = ("finetune", "federated")  # runs whose final weights the report compares
-
-
-@dataclass
-class RunResult:
-    label: str
-    schedule: int
-    experiences: list[str]
-    class_incremental: list[list[float | None]]  # R_CI[i][j]
-    task_incremental: list[list[float | None]]  # R_TI[i][j]
-    final_accuracy: float
-    artifacts: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def summary(self) -> dict[str, dict[str, float | None]]:
-        return {"class_incremental": summarize(self.class_incremental), "task_incremental": summarize(self.task_incremental)}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"strategy": self.label, "schedule": self.schedule, "experiences": self.experiences,
-                "class_incremental": self.class_incremental, "task_incremental": self.task_incremental,
-                "final_accuracy": self.final_accuracy, "summary": self.summary,
-                **{k: v for k, v in self.artifacts.items() if k in ("accepted", "buffer_counts")}}  # fmt: skip
 
 
 @dataclass
@@ -112,10 +95,13 @@ def run_one(model: nn.Module, state0: dict, ctx: Context, spec, schedule: Schedu
             for label, z in logits.items()]  # fmt: skip
 
 
-def run_continual(cfg: ContinualConfig, progress: bool = True) -> SuiteResult:
-    """Run the suite; publishes `cfg.output.dir`."""
-    out = Path(cfg.output.dir)
-    check_output(out, cfg.output.overwrite, RUNNER_HINT)
+def run_continual(
+    cfg: ContinualConfig, progress: bool = True, on_run: Callable[[int, list[RunResult]], None] | None = None
+) -> SuiteResult:
+    """Run (or resume) the suite; publishes `cfg.output.dir`. `on_run(i, results)` is called
+    after the i-th run of the plan is kept (resumed runs included)."""
+    work = work_dir(Path(cfg.output.dir))
+    done = start(cfg, work)
     resolve_model(cfg.model)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -130,20 +116,25 @@ def run_continual(cfg: ContinualConfig, progress: bool = True) -> SuiteResult:
     ctx = Context(cfg, pool, tok, device, theta0, *feats)
     plan = [(s, spec) for s in schedules(cfg, pool) for spec in cfg.strategies]
     runs: list[RunResult] = []
-    for sched, spec in tqdm(plan, desc="runs", disable=not progress):
-        runs.extend(run_one(model, state0, ctx, spec, sched))
+    for i, (sched, spec) in enumerate(tqdm(plan, desc="runs", disable=not progress)):
+        path = run_file(work, sched.index, label_of(spec))
+        if path not in done:
+            done[path] = run_one(model, state0, ctx, spec, sched)
+            save_run(work, sched.index, label_of(spec), done[path])
+        runs.extend(done[path])
+        if on_run is not None:
+            on_run(i, done[path])
     report = suite_report(runs)
-    _write_output(cfg, runs, report)
+    _write_output(cfg, runs, report, work)
     return SuiteResult(runs, report)
 
 
-def _write_output(cfg: ContinualConfig, runs: list[RunResult], report: dict[str, Any]) -> None:
-    out = Path(cfg.output.dir)
-    stage = work_dir(out)
+def _write_output(cfg: ContinualConfig, runs: list[RunResult], report: dict[str, Any], work: Path) -> None:
+    stage = work / "output"
     shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    stage.mkdir()
     (stage / "results.json").write_text(json.dumps({"report": report["data"], "runs": [r.to_json() for r in runs]}, indent=1))
     (stage / "table.md").write_text(report["markdown"])
     (stage / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
     write_plots(runs, stage)
-    publish(stage, out, cfg.output.overwrite, RUNNER_HINT)
+    publish_run(stage, Path(cfg.output.dir), cfg.output.overwrite, work, RUNNER_HINT)
