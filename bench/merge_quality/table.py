@@ -128,7 +128,7 @@ def frontier_table(front: Mapping, methods: list[str]) -> str:
     for k, ref in front["references"].items():
         lines.append(f"| {k} | – | – | {ref['max_gap']:+.4f} | {ref['min_cross']:.4f} | "
                      + " | ".join("" for _ in methods) + " | see above |")
-    for name, pt in front["points"].items():
+    for name, pt in sorted(front["points"].items(), key=lambda kv: (kv[1]["lr"] or 0, -(kv[1]["kept"] or 0))):
         cells = " | ".join(f"{pt['merges'][m]:.4f}" if m in pt["merges"] else "–" for m in methods)
         best = f"{pt['best_merge'][0]} {pt['best_merge'][1]:.4f}" if pt["best_merge"] else "–"
         lines.append(f"| {name} | {pt['kept']} | {pt['lr']} | {pt['max_gap']:+.4f} | {pt['min_cross']:.4f} | "

@@ -3,7 +3,8 @@
 As in the task-arithmetic and TIES papers (arXiv:2212.04089, arXiv:2306.01708), a method's
 parameters (λ; density for TIES) are chosen on the validation splits by the mean
 normalized accuracy over tasks, and the test metrics are reported at the chosen point.
-Each grid point is one `engine.merge_state_dicts` call; no folder is written.
+Each grid point is one `engine.merge_state_dicts` call (one per setting of the non-scale
+parameters where the method has a scale parameter, see `sweep`); no folder is written.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..merge.engine import merge_state_dicts
 from ..errors import ConfigError
+from ..merge.engine import merge_state_dicts
+from ..methods import get_method
 
 StateDict = Mapping[str, Tensor]
 
@@ -75,12 +78,45 @@ def sweep(
     are global parameters, overriding `parameters` (mergekit passes a global value of a
     per-model parameter such as `density` to every model). `statistics`: each expert's merge
     statistics (for regmean / fisher), as `merge_state_dicts` takes them.
+
+    Where the method declares a scale parameter s (λ of task arithmetic / TIES, α of TSV-M and
+    Iso; `MergeMethod.scale`) and the grid sweeps it, each setting of the other parameters is
+    merged once, at s = 1, and every s is scored on θ₀ + s·(θ(1) − θ₀): the same merge up to
+    float32 rounding (the engine computes θ₀ + s·τ without the round trip through θ(1)), one
+    merge instead of one per s (18 for the TIES grid). Callers re-merge the chosen point.
     """
+    scale = get_method(method).scale
+    if scale not in grid or base is None:
+        scale = None
+    others = {k: v for k, v in grid.items() if k != scale}
+    values = grid[scale] if scale else [None]
     points = []
-    for params in tqdm(grid_points(grid), desc=f"sweep {method}", unit="point"):
-        state = merge_state_dicts(method, list(experts), base, {**(parameters or {}), **params},
-                                  model_parameters, device=device, statistics=statistics)
-        value, details = score(state)
-        points.append(SweepPoint(params, value, details))
+    bar = tqdm(total=len(grid_points(grid)), desc=f"sweep {method}", unit="point")
+    for fixed in grid_points(others):
+        at = {**(parameters or {}), **fixed, **({scale: 1.0} if scale else {})}
+        state = merge_state_dicts(method, list(experts), base, at, model_parameters, device=device,
+                                  statistics=statistics)  # fmt: skip
+        for s in values:
+            params = {**fixed, scale: s} if scale else fixed
+            params = {k: params[k] for k in grid}  # the grid's key order
+            value, details = score(scaled(state, base, s) if scale else state)
+            points.append(SweepPoint(params, value, details))
+            bar.update()
         del state
+    bar.close()
     return SweepResult(method, points)
+
+
+def scaled(merged: StateDict, base: StateDict, s: float) -> dict[str, Tensor]:
+    """θ₀ + s·(θ(1) − θ₀) for every floating tensor (in float32, back to its dtype); others as merged."""
+    if s == 1:
+        return dict(merged)
+    out = {}
+    for name, t in merged.items():
+        b = base.get(name)
+        if b is None or not t.is_floating_point():
+            out[name] = t
+            continue
+        b32 = b.to(t.device, torch.float32)
+        out[name] = (t.float() - b32).mul_(s).add_(b32).to(t.dtype)
+    return out

@@ -211,6 +211,9 @@ class MergeMethod:
     passes: tuple[ModelPass, ...] = ()
     chunked: ChunkedForm | None = None
     statistics: tuple[str, ...] = ()  # kinds of per-model statistics read with each tensor (`gram`, `fisher`)
+    # the global parameter s with merge(s) = θ₀ + s·(merge(1) − θ₀) for every tensor (λ, α):
+    # a sweep merges once per setting of the others and scales (evaluate/sweep.py)
+    scale: str | None = None
 
     @property
     def per_model_params(self) -> dict[str, Param]:
@@ -280,19 +283,23 @@ def merge_method(
     passes: tuple[ModelPass, ...] = (),
     chunked: ChunkedForm | None = None,
     statistics: tuple[str, ...] = (),
+    scale: str | None = None,
 ):
     """Register `fn` under `name`, its signature its schema; `passes` compute model statistics
     before the merge (see `ModelPass`), `chunked` lets the engine run it chunk by chunk (see
     `ChunkedForm`), `statistics` names the per-model statistics (`io/statistics.py` kinds) the
-    engine reads beside each tensor into `TensorStats.inputs`."""
+    engine reads beside each tensor into `TensorStats.inputs`; `scale` names the global
+    parameter that scales the merged task vector linearly (see `MergeMethod.scale`)."""
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if scale is not None and scale not in _schema(fn):
+            raise ValueError(f"merge method '{name}': its scale parameter '{scale}' is not in its signature")
         if name in METHODS:
             raise ValueError(f"merge method '{name}' is registered twice")
         METHODS[name] = MergeMethod(
             name=name, fn=fn, base=base, paper=paper, params=_schema(fn), min_models=min_models,
             max_models=max_models, doc=inspect.getdoc(fn) or "", passes=passes, chunked=chunked,
-            statistics=statistics,
+            statistics=statistics, scale=scale,
         )  # fmt: skip
         return fn
 

@@ -93,7 +93,7 @@ def tsv_matrix(deltas: Sequence[Tensor]) -> Tensor:
     return (polar(u_hat) * s_hat) @ polar(v_hat)
 
 
-@merge_method("tsv", paper="arXiv:2412.00081", min_models=1)
+@merge_method("tsv", scale="alpha", paper="arXiv:2412.00081", min_models=1)
 def tsv(base: Tensor, tensors: list[Tensor], *, weight: PerModel = 1.0, alpha: float = 1.0, svd: bool = True) -> Tensor:
     """TSV-M (Task Singular Vectors: Merge): θ₀ + α·τ_M, τ_M = `tsv_matrix` of the task
     vectors for a 2-D tensor (if `svd`), their mean otherwise. One task gives task arithmetic
@@ -147,7 +147,7 @@ def iso_cts_matrix(deltas: Sequence[Tensor], common_space_fraction: float) -> Te
     return (polar(u_slots) @ polar(v_slots)).mul_(s_bar)
 
 
-@merge_method("iso_c", paper="arXiv:2502.04959", min_models=1)
+@merge_method("iso_c", scale="alpha", paper="arXiv:2502.04959", min_models=1)
 def iso_c(base: Tensor, tensors: list[Tensor], *, weight: PerModel = 1.0, alpha: float = 1.0, svd: bool = True) -> Tensor:
     """Iso-C (isotropic merging in the common subspace): θ₀ + α·τ_M, τ_M = `iso_c_matrix` of the
     task-arithmetic sum Σᵢ τᵢ (unscaled) for a 2-D tensor (if `svd`), the mean of the τᵢ otherwise."""
@@ -157,7 +157,7 @@ def iso_c(base: Tensor, tensors: list[Tensor], *, weight: PerModel = 1.0, alpha:
     return _finish(base, _mean(deltas), alpha)
 
 
-@merge_method("iso_cts", paper="arXiv:2502.04959", min_models=1)
+@merge_method("iso_cts", scale="alpha", paper="arXiv:2502.04959", min_models=1)
 def iso_cts(base: Tensor, tensors: list[Tensor], *, weight: PerModel = 1.0, alpha: float = 1.0,
             common_space_fraction: Fraction = 0.8, svd: bool = True) -> Tensor:  # fmt: skip
     """Iso-CTS (isotropic merging in common and task-specific subspaces): θ₀ + α·τ_M,

@@ -94,7 +94,7 @@ def _merge_reduced(base: Tensor, tensors: list[Tensor], weight: list[float], spa
     return mixed.add_(base)
 
 
-@merge_method("task_arithmetic", paper="arXiv:2212.04089", chunked=elementwise)
+@merge_method("task_arithmetic", paper="arXiv:2212.04089", chunked=elementwise, scale="lambda")
 def task_arithmetic(base: Tensor, tensors: list[Tensor], *, weight: PerModel, normalize: bool = False,
                     rescale: bool = False, lambda_: float = 1.0, int8_mask: bool = False) -> Tensor:  # fmt: skip
     """θ₀ + λ·Σᵢ wᵢ(θᵢ − θ₀), divided by Σᵢ wᵢ if `normalize` (`rescale` has nothing to rescale)."""
@@ -126,7 +126,7 @@ def _top_magnitude(stats: TensorStats) -> Prune:
     return lambda i, delta, d: keep_top_magnitude(delta, d, trims[i] if trims else None, stats.start)
 
 
-@merge_method("ties", paper="arXiv:2306.01708", chunked=ties_chunked)
+@merge_method("ties", paper="arXiv:2306.01708", chunked=ties_chunked, scale="lambda")
 def ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, normalize: bool = True,
          rescale: bool = False, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0, int8_mask: bool = False,
          stats: TensorStats = WHOLE) -> Tensor:  # fmt: skip
@@ -139,7 +139,7 @@ def _random(generator: torch.Generator | None) -> Prune:
     return lambda i, delta, d: random_drop(delta, d, generator=generator)
 
 
-@merge_method("dare_ties", paper="arXiv:2311.03099")
+@merge_method("dare_ties", paper="arXiv:2311.03099", scale="lambda")
 def dare_ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, normalize: bool = False,
               rescale: bool = True, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0, int8_mask: bool = False,
               generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
@@ -148,7 +148,7 @@ def dare_ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density:
     return _merge(base, tensors, weight, sparsify, True, normalize, lambda_)
 
 
-@merge_method("dare_linear", paper="arXiv:2311.03099")
+@merge_method("dare_linear", paper="arXiv:2311.03099", scale="lambda")
 def dare_linear(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, normalize: bool = False,
                 rescale: bool = True, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0, int8_mask: bool = False,
                 generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
@@ -161,7 +161,7 @@ def _outliers(gamma: list[float]) -> Prune:
     return lambda i, delta, d: drop_outliers(delta, d, gamma[i])
 
 
-@merge_method("breadcrumbs", paper="arXiv:2312.06795")
+@merge_method("breadcrumbs", paper="arXiv:2312.06795", scale="lambda")
 def breadcrumbs(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, gamma: Share = 0.01,
                 normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0,
                 int8_mask: bool = False) -> Tensor:  # fmt: skip
@@ -170,7 +170,7 @@ def breadcrumbs(base: Tensor, tensors: list[Tensor], *, weight: PerModel, densit
     return _merge(base, tensors, weight, sparsify, False, normalize, lambda_)
 
 
-@merge_method("breadcrumbs_ties", paper="arXiv:2312.06795")
+@merge_method("breadcrumbs_ties", paper="arXiv:2312.06795", scale="lambda")
 def breadcrumbs_ties(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, gamma: Share = 0.01,
                      normalize: bool = False, rescale: bool = False, rescale_norm: RescaleNorm = "l1",
                      lambda_: float = 1.0, int8_mask: bool = False) -> Tensor:  # fmt: skip
@@ -183,7 +183,7 @@ def _della(epsilon: list[float], generator: torch.Generator | None) -> Prune:
     return lambda i, delta, d: della_prune(delta, d, epsilon[i], generator=generator)
 
 
-@merge_method("della", paper="arXiv:2406.11617")
+@merge_method("della", paper="arXiv:2406.11617", scale="lambda")
 def della(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, epsilon: Share = 0.15,
           normalize: bool = True, rescale: bool = True, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0,
           int8_mask: bool = False, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
@@ -192,7 +192,7 @@ def della(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Den
     return _merge(base, tensors, weight, sparsify, True, normalize, lambda_)
 
 
-@merge_method("della_linear", paper="arXiv:2406.11617")
+@merge_method("della_linear", paper="arXiv:2406.11617", scale="lambda")
 def della_linear(base: Tensor, tensors: list[Tensor], *, weight: PerModel, density: Density = 1.0, epsilon: Share = 0.15,
                  normalize: bool = False, rescale: bool = True, rescale_norm: RescaleNorm = "l1", lambda_: float = 1.0,
                  int8_mask: bool = False, generator: torch.Generator | None = None) -> Tensor:  # fmt: skip

@@ -53,3 +53,38 @@ def test_sweep_ties_density_reaches_every_model_and_ties_keep_first():
     # density 0.25 keeps 1 entry per model (entries 0 and 3), 0.5 keeps 2 (0,1 and 2,3)
     assert kept == {0: 2, 1: 4}
     assert res.best.params == {"density": 0.25}  # equal scores: the first point wins
+
+
+@pytest.mark.parametrize("method,grid", [
+    ("ties", {"lambda": [0.8, 1.0, 1.7], "density": [0.2, 0.5]}),
+    ("task_arithmetic", {"lambda": [0.0, 0.35, 1.0]}),
+    ("tsv", {"alpha": [0.5, 1.0, 2.0]}),
+    ("iso_cts", {"alpha": [1.5, 3.0]}),
+])
+def test_sweep_over_a_scale_merges_once_per_other_setting_and_equals_direct_merges(method, grid, monkeypatch):
+    """A scale parameter (λ, α) is swept as θ0 + s·(θ(1) − θ0): one merge per setting of the other
+    parameters, and each point's state equals the direct merge at that point to float32 rounding."""
+    from mergekit_het.evaluate import sweep as sweep_module
+    from mergekit_het.merge.engine import merge_state_dicts
+
+    gen = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(12, 8, generator=gen), "b": torch.randn(8, generator=gen)}
+    experts = [{k: v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in base.items()} for _ in range(3)]
+    calls, states = [], []
+    real = sweep_module.merge_state_dicts
+
+    def counting(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "merge_state_dicts", counting)
+    weights = [{"weight": 1.0}] * 3
+    res = sweep(method, experts, base, grid, lambda st: (states.append(st) or 0.0, {}), model_parameters=weights)
+    others = [len(v) for k, v in grid.items() if k not in ("lambda", "alpha")]
+    assert len(calls) == (others[0] if others else 1)
+    assert [p.params for p in res.points][0].keys() == grid.keys()
+    for point, state in zip(res.points, states):
+        direct = merge_state_dicts(method, experts, base, point.params, weights)
+        for k in base:
+            torch.testing.assert_close(state[k], direct[k], rtol=0, atol=1e-5)
+    assert len(res.points) == len(grid_points(grid))
