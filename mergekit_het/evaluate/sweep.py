@@ -90,7 +90,7 @@ def sweep(
         scale = None
     others = {k: v for k, v in grid.items() if k != scale}
     values = grid[scale] if scale else [None]
-    points = []
+    points: dict[tuple, SweepPoint] = {}
     bar = tqdm(total=len(grid_points(grid)), desc=f"sweep {method}", unit="point")
     for fixed in grid_points(others):
         at = {**(parameters or {}), **fixed, **({scale: 1.0} if scale else {})}
@@ -100,11 +100,11 @@ def sweep(
             params = {**fixed, scale: s} if scale else fixed
             params = {k: params[k] for k in grid}  # the grid's key order
             value, details = score(scaled(state, base, s) if scale else state)
-            points.append(SweepPoint(params, value, details))
+            points[tuple(params.values())] = SweepPoint(params, value, details)
             bar.update()
         del state
     bar.close()
-    return SweepResult(method, points)
+    return SweepResult(method, [points[tuple(p.values())] for p in grid_points(grid)])  # the grid's order
 
 
 def scaled(merged: StateDict, base: StateDict, s: float) -> dict[str, Tensor]:

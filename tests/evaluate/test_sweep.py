@@ -56,7 +56,7 @@ def test_sweep_ties_density_reaches_every_model_and_ties_keep_first():
 
 
 @pytest.mark.parametrize("method,grid", [
-    ("ties", {"lambda": [0.8, 1.0, 1.7], "density": [0.2, 0.5]}),
+    ("ties", {"lambda": [0.8, 1.0, 1.7], "density": [0.2, 0.5]}),  # the scale first: points keep the grid's order
     ("task_arithmetic", {"lambda": [0.0, 0.35, 1.0]}),
     ("tsv", {"alpha": [0.5, 1.0, 2.0]}),
     ("iso_cts", {"alpha": [1.5, 3.0]}),
@@ -83,8 +83,11 @@ def test_sweep_over_a_scale_merges_once_per_other_setting_and_equals_direct_merg
     others = [len(v) for k, v in grid.items() if k not in ("lambda", "alpha")]
     assert len(calls) == (others[0] if others else 1)
     assert [p.params for p in res.points][0].keys() == grid.keys()
-    for point, state in zip(res.points, states):
-        direct = merge_state_dicts(method, experts, base, point.params, weights)
+    scale = "lambda" if "lambda" in grid else "alpha"
+    evaluated = [{**fixed, scale: s} for fixed in grid_points({k: v for k, v in grid.items() if k != scale})
+                 for s in grid[scale]]  # one merge per setting of the others, then every scale
+    for params, state in zip(evaluated, states):
+        direct = merge_state_dicts(method, experts, base, params, weights)
         for k in base:
             torch.testing.assert_close(state[k], direct[k], rtol=0, atol=1e-5)
-    assert len(res.points) == len(grid_points(grid))
+    assert [p.params for p in res.points] == grid_points(grid)
