@@ -73,8 +73,15 @@ def test_validation_error_quotes_only_an_excerpt(tmp_path):
     assert len(str(err.value)) < 300 and "xxx" in str(err.value)
 
 
+YAML_PIECES = st.sampled_from(list("ab:-[]{}&*,!\"' \n\t#|>?%@`") + ["*a", "&a ", "<<: *a\n", "\xff", "1e999"])
+
+
+def yaml_texts(max_size: int):
+    return st.lists(YAML_PIECES, max_size=max_size).map("".join)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(list("ab:-[]{}&*,!\"' \n\t#|>?%@`") + ["*a", "&a ", "<<: *a\n", "\xff", "1e999"]), max_size=60).map("".join))
+@given(yaml_texts(60))
 def test_fuzz_parse_yaml_only_config_error_within_bounds(text):
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -89,6 +96,6 @@ def test_fuzz_parse_yaml_only_config_error_within_bounds(text):
 
 @pytest.mark.slow
 @settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(list("ab:-[]{}&*,!\"' \n\t#|>?%@`") + ["*a", "&a ", "<<: *a\n", "\xff", "1e999"]), max_size=200).map("".join))
+@given(yaml_texts(200))
 def test_fuzz_parse_yaml_long_run(text):
     test_fuzz_parse_yaml_only_config_error_within_bounds.hypothesis.inner_test(text)
