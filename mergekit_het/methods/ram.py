@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
+import torch
 from torch import Tensor
 
 from .registry import WHOLE, Bounds, Chunks, Float32Copies, Prepare, TensorStats, as_compute_dtype, elementwise, merge_method
@@ -30,7 +31,24 @@ def _active(base: Tensor, tensors: Sequence[Tensor], epsilon: float) -> tuple[Te
 
 
 def _combine(base: Tensor, kept: Tensor, counts: Tensor, unique_scale: Tensor | None) -> Tensor:
-    """θ₀ + Σᵢ (τᵢ·[c = 1]·sᵢ + τᵢ·[c > 1]/max(c, 1)), summed in model order."""
+    """θ₀ + Σᵢ (τᵢ·[c = 1]·sᵢ + τᵢ·[c > 1]/max(c, 1)), summed in model order.
+
+    In float32/float64 one of the two terms is an exact 0 and τᵢ/1 = τᵢ, so each model adds
+    (τᵢ/max(c, 1))·fᵢ with fᵢ = sᵢ where c = 1, else 1 (fᵢ = 1 + (sᵢ − 1)·[c = 1], exact for
+    1 ≤ sᵢ ≤ 2): the same bits with a third of the full-size temporaries. bf16/fp16
+    (`--arithmetic config-dtype`) take mergekit 0.1.5's two-term form, whose float32 λ
+    promotes the unique part."""
+    exact_factor = unique_scale is None or bool(((unique_scale >= 1) & (unique_scale <= 2)).all())
+    if kept.dtype in (torch.float32, torch.float64) and exact_factor:
+        divisor = counts.to(kept.dtype).clamp_(min=1)
+        single = None if unique_scale is None else (counts == 1).to(kept.dtype)
+        out = None
+        for i in range(len(kept)):
+            term = kept[i : i + 1] / divisor
+            if single is not None:
+                term.mul_(single * (float(unique_scale[i]) - 1) + 1)
+            out = term if out is None else out.add_(term)
+        return base + out.reshape_as(base)
     unique = kept * (counts == 1)
     if unique_scale is not None:
         unique = unique * unique_scale.unsqueeze(-1)

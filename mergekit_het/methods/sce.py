@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from .registry import WHOLE, Bounds, Chunks, Prepare, TensorStats, as_compute_dtype, merge_method
+from .registry import WHOLE, Bounds, Chunks, Prepare, TensorStats, elementwise, merge_method
+from .spherical import gram
 from .stacked import stack_models
 
 TopShare = Annotated[float, Bounds(warn_low=0, warn_high=1, warn_why="it is a share of the entries, outside [0, 1]")]
@@ -42,21 +43,19 @@ def mean_square_weights(deltas: Tensor, mean_squares: Tensor | None = None) -> T
 
 def sce_chunked(numel: int, kwargs: dict[str, Any]) -> Prepare | None:
     """SCE chunk by chunk without selection (`select_topk` ≥ 1, the default, or ≤ 0): one pass
-    sums each τᵢ² over the chunks (float64), giving the whole tensor's mean squares; the rest is
+    sums each τᵢ² over the chunks (the diagonal of `spherical.gram`), giving the whole tensor's
+    mean squares (at select_topk ≤ 0 every τᵢ is erased: elementwise, exact); the rest is
     elementwise. Equal to the whole-tensor result up to the rounding of those means (the whole
     form's float32 mean). A selection (0 < select_topk < 1) takes the top-k of the variance with
     `torch.topk`'s order among ties: whole tensors."""
     topk = kwargs["select_topk"]
-    if 0 < topk < 1:
+    if topk <= 0:
+        return elementwise(numel, kwargs)
+    if topk < 1:
         return None
 
     def prepare(chunks: Chunks) -> TensorStats:
-        sums = 0
-        for _, base, tensors in chunks():
-            b = as_compute_dtype(base)
-            sums = sums + torch.stack([(as_compute_dtype(t) - b).double().square().sum() for t in tensors])
-        means = (sums / numel).float() * (1.0 if topk >= 1 else 0.0)
-        return TensorStats(tensor={"mean_squares": means})
+        return TensorStats(tensor={"mean_squares": (gram(chunks).diagonal() / numel).float()})
 
     return prepare
 
@@ -65,7 +64,7 @@ def majority_sign(deltas: Tensor) -> Tensor:
     """+1 where Σᵢ τᵢ ≥ 0, else −1 (TIES's mass election, + on a tie), the sum reduced over the
     stacked dim 0 as mergekit does: in float32 that is the model-order sum, in bf16 one rounding
     of a float32 accumulation (a running bf16 sum can flip a near-zero vote)."""
-    return torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
+    return (deltas.sum(dim=0) >= 0).to(deltas.dtype).mul_(2).sub_(1)
 
 
 @merge_method("sce", paper="arXiv:2408.07990", base="required", chunked=sce_chunked)
