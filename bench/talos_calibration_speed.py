@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write the results as JSON")
     args = ap.parse_args()
     args.model = args.model or default_model()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
     paths = args.paths.split(",")
     if unknown := set(paths) - set(PATHS):
         raise SystemExit(f"--paths: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PATHS)}")
@@ -184,4 +186,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mergekit_het.errors import MergekitHetError
+
+    try:
+        main()
+    except MergekitHetError as exc:  # bad model path, task or option: one line, as the CLI
+        raise SystemExit(f"error: {exc}") from None
