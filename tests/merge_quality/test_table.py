@@ -57,3 +57,25 @@ def test_select_talos_none_feasible_smallest_shortfall_wins():
     assert table.select_talos(cands, max_gap=0.02, min_cross=0.98) == "y"
     with pytest.raises(ValueError):
         table.select_talos({}, max_gap=0.02, min_cross=0.98)
+
+
+def test_frontier_points_gap_cross_and_best_merge_then_summary_and_plot(tmp_path):
+    """The frontier of two TaLoS points against dense: kept fraction and lr from the overrides,
+    validation gap/off-diagonal from the selection results, the best test merge per point, and
+    the summary writes its section and frontier.png."""
+    dense_val = _results([0.5, 0.5], [0.9, 0.8], {}, [[1, 0.7], [0.6, 1]])
+    settings = {"k10": ["talos.sparsity=0.9", "train.lr=5e-4"], "k30": ["talos.sparsity=0.7", "train.lr=2e-4"]}
+    cands = {"k10": table.candidate_summary(_results([0.5, 0.5], [0.8, 0.78], {}, [[1, 0.99], [0.95, 1]]), dense_val),
+             "k30": table.candidate_summary(_results([0.5, 0.5], [0.9, 0.79], {}, [[1, 0.8], [0.9, 1]]), dense_val)}
+    merges = {"k10": _results([0.5, 0.5], [0.8, 0.78], {"ties": ([0.6, 0.7], {}), "tsv": ([0.7, 0.7], {})}, [[1, 1], [1, 1]])}
+    front = table.frontier(settings, cands, {"dense": table.candidate_summary(dense_val, dense_val)}, merges)
+    k10, k30 = front["points"]["k10"], front["points"]["k30"]
+    assert (k10["kept"], k10["lr"], k30["kept"]) == (pytest.approx(0.1), 5e-4, pytest.approx(0.3))
+    assert k10["max_gap"] == pytest.approx(0.1) and k10["min_cross"] == 0.95
+    assert k30["max_gap"] == pytest.approx(0.01) and k30["min_cross"] == 0.8
+    assert k10["best_merge"] == ("tsv", pytest.approx(0.7)) and k30["best_merge"] is None
+    assert front["references"]["dense"] == {"max_gap": 0.0, "min_cross": 0.6, "mean_accuracy": pytest.approx(0.85)}
+    md = table.frontier_table(front, ["ties", "tsv"])
+    assert md.index("| k30 |") < md.index("| k10 |")  # sorted by lr, then kept
+    assert "| 0.6500 | 0.7000 | tsv 0.7000 |" in md
+    assert table.plot_frontier(front, tmp_path / "f.png").stat().st_size > 1000
