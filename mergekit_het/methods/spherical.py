@@ -3,7 +3,10 @@
 (barycentric, one tangent-space step) and `karcher` (iterated Riemannian mean).
 
 Every step follows mergekit 0.1.5's order of operations, so float32 results match it bit
-for bit on the same device (ALGORITHMS.md §1.4, §1.6; addendum §10.0, §10.2).
+for bit on the same device (ALGORITHMS.md §1.4, §1.6; addendum §10.0, §10.2). Tensors larger
+than a chunk are merged from their Gram matrix (`gram`, one pass over the chunks): every norm
+and dot product these methods take is a function of it, so each becomes an elementwise
+combination of the inputs, equal to the whole-tensor form up to float32 rounding.
 """
 
 from __future__ import annotations
