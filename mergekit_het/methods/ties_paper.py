@@ -30,13 +30,19 @@ def _trimmed(base: Tensor, tensors: list[Tensor], threshold: list[float], weight
     out = []
     for t, thr, w in zip(tensors, threshold, weight):
         delta = t - base
-        kept = delta * (delta.abs() >= thr)  # a product, so NaN/Inf propagate to the engine's check
+        kept = delta * (_magnitude(delta) >= thr)  # a product, so NaN/Inf propagate to the engine's check
         out.append(kept.mul_(w) if w != 1 else kept)
     return out
 
 
+def _magnitude(delta: Tensor) -> Tensor:
+    """|τ| in float32, whose bit patterns order like the values (the threshold search counts
+    them): exact for float32/bf16/fp16 inputs; float64 ones are ranked by their float32 rounding."""
+    return delta.abs().to(torch.float32)
+
+
 def _bits(base: Tensor, t: Tensor) -> Tensor:
-    return (t - base).abs_().reshape(-1).view(torch.int32)
+    return _magnitude(t - base).reshape(-1).view(torch.int32)
 
 
 def _count_start(n: int) -> dict[str, Any]:

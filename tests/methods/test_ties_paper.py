@@ -68,3 +68,18 @@ def test_ties_paper_rejects_density_gradient():
     experts = [{k: v + torch.randn(4, 4, generator=g) for k, v in base.items()} for _ in range(2)]
     with pytest.raises(TensorError, match="one density per model"):
         merge_state_dicts("ties_paper", experts, base=base, parameters={"density": [0.1, 0.9]}, num_layers=2)
+
+
+def test_ties_paper_float64_inputs_equal_the_paper_algorithm():
+    """float64 checkpoints (the threshold search reads float32 bit patterns: it used to raise
+    'bincount only supports 1-d non-negative integral inputs'): with magnitudes that float32
+    represents exactly, the merge equals the paper's algorithm run in float64."""
+    base, experts = random_models(3, [(40, 30), (50,)])
+    base = {k: v.double() for k, v in base.items()}
+    experts = [{k: (v.double() * 64).round() / 64 for k, v in e.items()} for e in experts]  # dyadic: exact in float32
+    base = {k: (v * 64).round() / 64 for k, v in base.items()}
+    got = merge_state_dicts("ties_paper", experts, base=base, parameters={"density": 0.2, "lambda": 1.0})
+    ref = paper_reference(base, experts, 0.2, 1.0)
+    for n in base:
+        assert got[n].dtype == torch.float64
+        torch.testing.assert_close(got[n], ref[n], rtol=0, atol=1e-12)
