@@ -66,8 +66,10 @@ def ram(base: Tensor, tensors: Sequence[Tensor], *, epsilon: Threshold = 1e-5) -
 
 
 def overlap_counts(active: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """Per model, (#entries it shares with another model, #entries only it changed)."""
-    return (active & (counts > 1)).sum(dim=1), (active & (counts == 1)).sum(dim=1)
+    """Per model, (#entries it shares with another model, #entries only it changed); an active
+    entry has c ≥ 1, so the shared ones are the active ones less the unique ones."""
+    unique = (active & (counts == 1)).sum(dim=1)
+    return active.sum(dim=1) - unique, unique
 
 
 def ramplus_tl_chunked(numel: int, kwargs: dict[str, Any]) -> Prepare:
@@ -76,9 +78,11 @@ def ramplus_tl_chunked(numel: int, kwargs: dict[str, Any]) -> Prepare:
 
     def prepare(chunks: Chunks) -> TensorStats:
         shared = unique = 0
-        for _, base, tensors in chunks():
-            _, active, counts = _active(as_compute_dtype(base), Float32Copies(tensors), kwargs["epsilon"])
-            s, u = overlap_counts(active, counts)
+        for _, base, tensors in chunks():  # the masks only: |τ| > ε on the stacked τ, no kept copy
+            deltas = stack_models(Float32Copies(tensors))
+            deltas -= as_compute_dtype(base)
+            active = deltas.abs_().view(len(tensors), -1) > kwargs["epsilon"]
+            s, u = overlap_counts(active, active.sum(dim=0, keepdim=True))
             shared, unique = shared + s, unique + u
         return TensorStats(tensor={"shared": shared, "unique": unique})
 
