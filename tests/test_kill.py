@@ -250,34 +250,24 @@ def test_kill_runner_at_random_moments(runner):
 
 
 @pytest.mark.slow  # three in-process fine-tunes: ~10 s on 2 cores
-def test_finetune_skips_a_checkpoint_cut_off_mid_save(tmp_path, monkeypatch):
+def test_finetune_skips_a_checkpoint_cut_off_mid_save(tmp_path):
     """SIGKILL during `accelerator.save_state` leaves a newest `step_N` without its
     `trainer_state.json` (written last, atomically): the resume takes the previous checkpoint
     and gives the uninterrupted weights."""
     from fed_fixtures import make_bert, write_task
     from safetensors.torch import load_file
 
+    from finetune_fixtures import interrupted_at_step
     from mergekit_het.finetune import finetune, load_finetune_config
-    from mergekit_het.finetune import recipe as recipe_mod
 
     model, task = make_bert(tmp_path / "bert"), write_task(tmp_path / "task")
     raw = {"model": str(model), "protocol": "frozen_head", "mode": "dense", "head": {"temperature": 0.1},
            "data": {"task_file": str(task), "task": "toy", "max_length": 16},
            "train": {"max_steps": 10, "batch_size": 8, "lr": 2e-3, "log_every": 2, "checkpoint_every": 4, "seed": 0}}  # fmt: skip
     finetune(load_finetune_config({**raw, "output": {"dir": str(tmp_path / "full")}}))
-    real, calls = recipe_mod.train_step, []
-
-    def stop_at_7(*args, **kw):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
     cfg = load_finetune_config({**raw, "output": {"dir": str(tmp_path / "cut")}})
-    monkeypatch.setattr(recipe_mod, "train_step", stop_at_7)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_step(7), pytest.raises(KeyboardInterrupt):
         finetune(cfg)
-    monkeypatch.setattr(recipe_mod, "train_step", real)
     partial = tmp_path / ".cut.partial" / "checkpoints" / "step_8"  # what the kill mid-save left
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"\x08\x00\x00")

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import mergekit_het.finetune.recipe as recipe_mod
-from finetune_fixtures import make_bert, write_task
+from finetune_fixtures import interrupted_at_step, make_bert, write_task
 from mergekit_het.cli import build_parser, main
 from mergekit_het.errors import ConfigError
 from mergekit_het.federated import load_federated_config, run_federated
@@ -125,21 +124,12 @@ def _finetune_yaml(small, tmp_path: Path, **train) -> Path:
     return tmp_path / "ft.yaml"
 
 
-def test_finetune_resumes_by_itself_and_says_from_where(small, tmp_path, monkeypatch, capsys):
+def test_finetune_resumes_by_itself_and_says_from_where(small, tmp_path, capsys):
     """Killed after its step-2 checkpoint, the same command resumes from step 2 (one line
     naming the work folder) with no flag; a changed lr is refused; --restart starts over."""
     config = _finetune_yaml(small, tmp_path, checkpoint_every=2)
-    real, calls = recipe_mod.train_step, []
-
-    def crash_at_4(*args, **kw):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(recipe_mod, "train_step", crash_at_4)
-    assert main(["finetune", str(config), "--quiet"]) == 130
-    monkeypatch.setattr(recipe_mod, "train_step", real)
+    with interrupted_at_step(4):
+        assert main(["finetune", str(config), "--quiet"]) == 130
     work = tmp_path / ".expert.partial"
     assert main(["finetune", str(config), "train.lr=0.01"]) == 2
     assert "train.lr: 0.002 -> 0.01" in capsys.readouterr().err

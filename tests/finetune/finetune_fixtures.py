@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -74,3 +76,24 @@ def write_task(folder: Path, sizes=(96, 32, 32), name: str = "toy", num_labels: 
     task_file = folder / "tasks.yaml"
     task_file.write_text(yaml.safe_dump({"tasks": [{"name": name, "dir": ".", "num_labels": num_labels}]}))
     return task_file
+
+
+@contextmanager
+def interrupted_at_step(n: int) -> Iterator[None]:
+    """Inside the block the recipe's `train_step` raises KeyboardInterrupt (a Ctrl-C) on its
+    n-th call; the real one is back afterwards."""
+    from mergekit_het.finetune import recipe
+
+    real, calls = recipe.train_step, []
+
+    def step(*args, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    recipe.train_step = step
+    try:
+        yield
+    finally:
+        recipe.train_step = real

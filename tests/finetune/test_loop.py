@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from finetune_fixtures import interrupted_at_step
 from mergekit_het.errors import ConfigError
 from mergekit_het.finetune import finetune, load_finetune_config
 from mergekit_het.finetune import recipe as recipe_mod
@@ -89,21 +90,11 @@ def test_finetune_lora_adapter_loads_in_peft(tiny_bert, toy_task, tmp_path):
     assert len(lora_b) == 4 and all(p.abs().sum() > 0 for p in lora_b)  # trained (B starts at 0)
 
 
-def test_finetune_resume_equals_uninterrupted(tiny_bert, toy_task, tmp_path, monkeypatch):
+def test_finetune_resume_equals_uninterrupted(tiny_bert, toy_task, tmp_path):
     over = {"train.checkpoint_every": 4, "train.max_steps": 10, "talos.max_examples": 4}
     finetune(_cfg(tiny_bert, toy_task, tmp_path / "full", mode="talos", **over))
-    real, calls = recipe_mod.train_step, []
-
-    def crash_at_7(*args, **kw):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(recipe_mod, "train_step", crash_at_7)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_step(7), pytest.raises(KeyboardInterrupt):
         finetune(_cfg(tiny_bert, toy_task, tmp_path / "resumed", mode="talos", **over))
-    monkeypatch.setattr(recipe_mod, "train_step", real)
     info = finetune(_cfg(tiny_bert, toy_task, tmp_path / "resumed", mode="talos", resume="true", **over))
     assert info["metrics"]["train_steps_this_run"] == 6  # resumed from the step-4 checkpoint
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
