@@ -96,27 +96,31 @@ def sweep(
         at = {**(parameters or {}), **fixed, **({scale: 1.0} if scale else {})}
         state = merge_state_dicts(method, list(experts), base, at, model_parameters, device=device,
                                   statistics=statistics)  # fmt: skip
+        at_scale = scaling(state, base) if scale else None
         for s in values:
-            params = {**fixed, scale: s} if scale else fixed
-            params = {k: params[k] for k in grid}  # the grid's key order
-            value, details = score(scaled(state, base, s) if scale else state)
+            params = {k: s if k == scale else fixed[k] for k in grid}  # the grid's key order
+            value, details = score(at_scale(s) if scale else state)
             points[tuple(params.values())] = SweepPoint(params, value, details)
             bar.update()
-        del state
+        del state, at_scale
     bar.close()
     return SweepResult(method, [points[tuple(p.values())] for p in grid_points(grid)])  # the grid's order
 
 
-def scaled(merged: StateDict, base: StateDict, s: float) -> dict[str, Tensor]:
-    """θ₀ + s·(θ(1) − θ₀) for every floating tensor (in float32, back to its dtype); others as merged."""
-    if s == 1:
-        return dict(merged)
-    out = {}
+def scaling(merged: StateDict, base: StateDict) -> Callable[[float], dict[str, Tensor]]:
+    """s ↦ θ₀ + s·(θ(1) − θ₀) for every floating tensor (in float32, back to its dtype; others as
+    merged), the task vector θ(1) − θ₀ computed once for every s."""
+    parts = {}
     for name, t in merged.items():
         b = base.get(name)
-        if b is None or not t.is_floating_point():
-            out[name] = t
-            continue
-        b32 = b.to(t.device, torch.float32)
-        out[name] = (t.float() - b32).mul_(s).add_(b32).to(t.dtype)
-    return out
+        if b is not None and t.is_floating_point():
+            b32 = b.to(t.device, torch.float32)
+            parts[name] = (b32, t.float() - b32)
+
+    def at(s: float) -> dict[str, Tensor]:
+        if s == 1:
+            return dict(merged)
+        return {name: t if name not in parts else parts[name][1].mul(s).add_(parts[name][0]).to(t.dtype)
+                for name, t in merged.items()}  # fmt: skip
+
+    return at
