@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from bench.merge_quality import table  # noqa: E402
 from mergekit_het.errors import ConfigError  # noqa: E402
 from mergekit_het.data.tasks import load_task_file  # noqa: E402
+from mergekit_het.io.statistics import stats_path  # noqa: E402
 
 JOBS = Path(__file__).with_name("jobs.py")  # one finetune / compare job per process
 
@@ -100,7 +101,7 @@ def stats_job(name: str, spec: dict, expert: Path, tasks_file: Path, task: str) 
     """RegMean Grams (and the diagonal Fisher) of a finished expert on `spec['examples']` train rows."""
     argv = [sys.executable, str(JOBS), "stats", str(expert), str(tasks_file), task, str(spec["examples"]),
             str(spec["batch_size"]), str(spec["max_length"]), *(["fisher"] if spec.get("fisher") else [])]
-    return Job(name, argv, expert / "merge_stats.safetensors")
+    return Job(name, argv, stats_path(expert))
 
 
 @dataclass
