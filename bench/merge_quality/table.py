@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mergekit_het.evaluate import plots
+from mergekit_het.runtime.yaml_config import parse_overrides
 
 EXPERTS = "experts (each on its task)"
 BASE = "base"
@@ -94,11 +95,10 @@ def mask_usage(folder: Path) -> dict:
 
 
 def _override(overrides: list[str], key: str) -> float | None:
-    for o in overrides:
-        k, _, v = o.partition("=")
-        if k == key:
-            return float(v)
-    return None
+    """The number `key` (`section.name`) is set to by the `key=value` overrides, None if unset."""
+    section, name = key.split(".")
+    value = parse_overrides(overrides).get(section, {}).get(name)
+    return None if value is None else float(value)  # YAML reads 5e-4 (no dot) as a string
 
 
 def frontier(settings: Mapping[str, list[str]], candidates: Mapping[str, Mapping], references: Mapping[str, Mapping],
