@@ -43,10 +43,9 @@ def flat_keys(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def changed_keys(saved: Mapping[str, Any], new: Mapping[str, Any], free: Collection[str]) -> list[str]:
-    """Dotted keys whose value differs (or exists on one side only), except `free` ones and
-    their sub-keys."""
-    a, b = flat_keys(saved), flat_keys(new)
+def changed_keys(a: Mapping[str, Any], b: Mapping[str, Any], free: Collection[str]) -> list[str]:
+    """Dotted keys of two `flat_keys` configs whose value differs (or exists on one side only),
+    except `free` ones and their sub-keys."""
     return sorted(
         k for k in a.keys() | b.keys() if a.get(k, ...) != b.get(k, ...) and not any(k == f or k.startswith(f"{f}.") for f in free)
     )
@@ -54,9 +53,9 @@ def changed_keys(saved: Mapping[str, Any], new: Mapping[str, Any], free: Collect
 
 def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], free: Collection[str], where: str, flag: str) -> None:
     """ConfigError naming the changed keys (with old → new values) unless there are none."""
-    keys = changed_keys(saved, new, free)
+    a, b = flat_keys(saved), flat_keys(new)
+    keys = changed_keys(a, b, free)
     if keys:
-        a, b = flat_keys(saved), flat_keys(new)
         diffs = ", ".join(f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in keys)
         raise ConfigError(
             f"{where} was started with a different config ({diffs}); resuming would mix two runs. "
