@@ -100,14 +100,14 @@ def run_continual(
 ) -> SuiteResult:
     """Run (or resume) the suite; publishes `cfg.output.dir`. `on_run(i, results)` is called
     after the i-th run of the plan is kept (resumed runs included)."""
-    work = work_dir(Path(cfg.output.dir))
-    done = start(cfg, work)
     resolve_model(cfg.model)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     tok = load_tokenizer(cfg.model)
     pool = build_pool(cfg, tok)
+    work = work_dir(Path(cfg.output.dir))
+    done = start(cfg, work)  # after the model and data checks: a bad input leaves no work folder
     torch.manual_seed(cfg.seed)
     model = PooledClassifier(load_encoder(cfg.model), pool.num_classes, cfg.train.temperature).to(device)
     state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}

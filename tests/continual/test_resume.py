@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,13 @@ def test_restart_discards_the_saved_runs(reference, capsys):
     run_continual(make("rs", resume=False, seed=5), progress=False)  # no refusal: nothing is resumed
     assert "resuming" not in capsys.readouterr().out
     assert (root / "rs" / "results.json").is_file() and not work_dir(root / "rs").exists()
+
+
+def test_bad_model_leaves_no_work_folder(reference, tmp_path):
+    """A bad model stops the suite before its work folder exists (nothing hidden left)."""
+    _, make = reference
+    cfg = make("bad_model", model=str(tmp_path / "no_such_model"))
+    with pytest.raises(ConfigError, match="no_such_model"):
+        run_continual(cfg, progress=False)
+    out = Path(cfg.output.dir)
+    assert not work_dir(out).exists() and not out.exists()
