@@ -45,14 +45,16 @@ def quiet_third_party() -> Iterator[None]:
     import huggingface_hub.utils as hub
     import transformers.utils.logging as tf_logging
     from datasets.utils import logging as ds_logging
+    from huggingface_hub.utils import logging as hub_logging
 
     saved = (tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled(), ds_logging.get_verbosity(),
-             datasets.is_progress_bar_enabled(), hub.are_progress_bars_disabled())  # fmt: skip
+             datasets.is_progress_bar_enabled(), hub.are_progress_bars_disabled(), hub_logging.get_verbosity())  # fmt: skip
     tf_logging.set_verbosity_error()
     tf_logging.disable_progress_bar()
     ds_logging.set_verbosity_error()
     datasets.disable_progress_bars()
     hub.disable_progress_bars()
+    hub_logging.set_verbosity_error()  # e.g. its "Retrying in 1s" lines while a Hub id is unreachable
     try:
         yield
     finally:
@@ -64,6 +66,7 @@ def quiet_third_party() -> Iterator[None]:
             datasets.enable_progress_bars()
         if not saved[4]:
             hub.enable_progress_bars()
+        hub_logging.set_verbosity(saved[5])
 
 
 @contextmanager

@@ -29,3 +29,18 @@ def test_quiet_third_party_restores_the_libraries_settings():
         assert tf_logging.get_verbosity() == tf_logging.INFO and tf_logging.is_progress_bar_enabled()
     finally:
         tf_logging.set_verbosity_warning()
+
+
+def test_quiet_third_party_silences_huggingface_hub_warnings_and_restores_them(capfd):
+    """huggingface_hub logs e.g. 'Retrying in 1s' while a Hub id is unreachable: not inside the block."""
+    import logging
+
+    from huggingface_hub.utils import logging as hub_logging
+
+    log = hub_logging.get_logger("huggingface_hub.utils._http")
+    before = hub_logging.get_verbosity()
+    with quiet_third_party():
+        log.warning("Retrying in 1s [Retry 1/5].")
+        assert hub_logging.get_verbosity() == logging.ERROR
+    assert "Retrying" not in capfd.readouterr().err
+    assert hub_logging.get_verbosity() == before
