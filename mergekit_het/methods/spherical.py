@@ -204,7 +204,9 @@ def multislerp(
 
 def _multislerp_from_gram(base: Tensor | None, tensors: Sequence[Tensor], weight: Sequence[float], normalize: bool,
                           eps: float, g: Tensor) -> Tensor:  # fmt: skip
-    """(Σ wᵢ‖xᵢ‖)·m/‖m‖ of matching chunks of the xᵢ from their Gram matrix `g` (see `multislerp`)."""
+    """(Σ wᵢ‖xᵢ‖)·m/‖m‖ of matching chunks of the xᵢ from their Gram matrix `g` (see `multislerp`);
+    the coefficients from the k×k `g` in float64 on the CPU, whatever device the chunks are on."""
+    g = g.cpu()
     w = torch.tensor(weight, dtype=torch.float64)
     if normalize:
         w = w / w.sum()
@@ -279,8 +281,10 @@ def karcher_coefficients(g: Tensor, alphas: Sequence[float], max_iter: int = 10,
     iteration runs on β, with ⟨u, uᵢ⟩ = (Uβ)ᵢ and ‖T‖² = γᵀUγ over U = Gᵢⱼ/(nᵢnⱼ), in float64,
     the same steps, branches and stopping rule as `karcher_mean`; cᵢ = (Σ αⱼnⱼ)·βᵢ/nᵢ. Equal
     to `karcher_mean` up to rounding (float32 dot products there, float64 here), which can move
-    the iteration that meets `tol` by one: differences stay far below `tol` relative.
+    the iteration that meets `tol` by one: differences stay far below `tol` relative. Runs on
+    the CPU (a k×k matrix), whatever device `g` was summed on.
     """
+    g = g.cpu()
     norms = g.diagonal().clamp(min=0).sqrt()
     valid = [i for i in range(len(alphas)) if float(norms[i]) > tol]
     if not valid:
