@@ -117,14 +117,17 @@ class MergeSpec(AggregateConfig):
 
 
 class ScrollSpec(StrictModel):
-    """SCROLL: stage 1 online ridge (λ) on pretrained features; stage 2 `steps` SGD steps on the
-    class-balanced buffer (`memory` examples, `validation` fraction held out for the rejection rule)."""
+    """SCROLL: stage 1 online ridge (λ) on pretrained features; stage 2 `steps` SGD steps at `lr`
+    (default `train.lr`) on the class-balanced buffer (`memory` examples, `validation` fraction
+    held out for the rejection rule), the ridge head frozen or, with `train_head`, trained from it."""
 
     name: Literal["scroll"]
     lam: float = Field(0.01, ge=0)
     memory: int = Field(100, ge=1)
     steps: int = Field(20, ge=0)
     batch_size: int = Field(16, ge=1)
+    lr: float | None = Field(None, gt=0)
+    train_head: bool = False
     validation: float = Field(0.2, ge=0, lt=1)
 
 

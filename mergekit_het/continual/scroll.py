@@ -11,8 +11,9 @@ in one fixed batching of the pool, so φ(x) itself does not depend on the schedu
 Stage 2, adaptation on replay data only (the paper's GDumb-style choice): the buffer is
 `buffer.ClassBalancedBuffer` (bottom-k by a stable key per class, fed chunk by chunk along the
 stream; its content is a function of the data only). After each step the pretrained encoder
-with the closed-form classifier as its head (Fed3R-normalized W̃, frozen, logits / T) is
-fine-tuned for `steps` SGD steps on the buffer's training part, in key order with a fixed seed;
+with the closed-form classifier as its head (Fed3R-normalized W̃, logits / T; frozen, or trained
+from W̃ with `train_head`) is fine-tuned for `steps` SGD steps at `lr` on the buffer's training
+part, in key order with a fixed seed;
 each class's lowest-key `validation` fraction is held out and the adapted model is kept only if
 its class-incremental accuracy there beats the ridge predictor's (else the ridge predictor is
 used). The buffer policy, the frozen head and the rejection rule are the project's design
@@ -82,12 +83,12 @@ class Scroll(Finetune):
         model.head.requires_grad_(True)
         load_trainable(model, c.theta0)
         set_head(model, self.ridge.normalized().to(torch.float32))
-        model.head.requires_grad_(False)
+        model.head.requires_grad_(spec.train_head)
         train, val = self.buffer.split(spec.validation)
         if spec.steps and train:
             seed = step_seed(c.cfg.seed, t)
             batches = local_batch_indices(len(train), spec.batch_size, 1, spec.steps, seed)
-            local_sgd(model, [c.pool.train[u] for u in train], c.tokenizer, batches, lr=c.cfg.train.lr,
+            local_sgd(model, [c.pool.train[u] for u in train], c.tokenizer, batches, lr=spec.lr or c.cfg.train.lr,
                       weight_decay=c.cfg.train.weight_decay, seed=seed, device=c.device)  # fmt: skip
         if not val:
             return bool(spec.steps and train)
