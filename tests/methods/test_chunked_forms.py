@@ -1,7 +1,7 @@
-"""Chunked forms of ramplus_tl, sce, nuslerp, multislerp and karcher: through the engine with a
-small --chunk-size, against the whole-tensor merge (exact for ramplus_tl, whose statistics are
-integer counts; within float32 rounding for the others, whose norms and means are summed over
-chunks in float64 instead of by one whole-tensor reduction)."""
+"""Chunked forms of ramplus_tl, sce, model_stock, nuslerp, multislerp and karcher: through the
+engine with a small --chunk-size, against the whole-tensor merge (exact for ramplus_tl, whose
+statistics are integer counts; within float32 rounding for the others, whose norms and means are
+summed over chunks in float64 instead of by one whole-tensor reduction)."""
 
 from pathlib import Path
 
@@ -21,6 +21,7 @@ CASES = {  # label: (method, experts, base?, per-model parameters, global parame
     "ramplus_tl": ("ramplus_tl", 3, True, {}, {"r": 0.5, "alpha": 0.3, "epsilon": 1e-3}, True),
     "sce": ("sce", 3, True, {}, {}, False),
     "sce_topk_0": ("sce", 3, True, {}, {"select_topk": 0.0}, True),
+    "model_stock": ("model_stock", 3, True, {}, {}, False),
     "nuslerp": ("nuslerp", 2, True, {"weight": [1.0, 3.0]}, {}, False),
     "nuslerp_no_base": ("nuslerp", 2, False, {"weight": [2.0, 1.0]}, {}, False),
     "multislerp": ("multislerp", 3, True, {"weight": [0.5, 0.3, 0.7]}, {}, False),
@@ -56,7 +57,8 @@ def test_chunked_merge_equals_whole_tensor_merge(tmp_path, tiny_models, case):
                 torch.testing.assert_close(other[name], t, rtol=0, atol=2e-6 * max(1.0, float(t.abs().max())), msg=name)
 
 
-@pytest.mark.parametrize(("method", "params"), [("nuslerp", {"nuslerp_flatten": False}), ("sce", {"select_topk": 0.5})])
+@pytest.mark.parametrize(("method", "params"), [("nuslerp", {"nuslerp_flatten": False}), ("sce", {"select_topk": 0.5}),
+                                             ("model_stock", {"filter_wise": True})])
 def test_forms_needing_whole_tensors_say_so(method, params):
     m = get_method(method)
     kwargs = {k: p.default for k, p in m.params.items() if not p.required} | params
