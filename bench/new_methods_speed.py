@@ -41,12 +41,14 @@ def write_config(method: str, folders: list[Path], path: Path) -> Path:
 def merge_once(method: str, folders: list[Path], work: Path, device: str, gpu, threads: int | None = None) -> dict:
     config = write_config(method, folders, work / f"{method}.yml")
     out = work / f"out-{method}-{device.replace(':', '')}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's (e.g. wheels' site dir)
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "mergekit_het.cli", "merge", str(config), str(out), "--device", device, "--overwrite"]
     cmd += ["--threads", str(threads)] if threads else []
-    m = run_measured(cmd, work / f"{method}-{device.replace(':', '')}.log", env=env, gpu=gpu)
+    log = work / f"{method}-{device.replace(':', '')}.log"
+    m = run_measured(cmd, log, env=env, gpu=gpu)
     if m.returncode != 0:
-        raise SystemExit(f"{method} on {device} failed (exit {m.returncode}); see {work / f'{method}.log'}")
+        raise SystemExit(f"{method} on {device} failed (exit {m.returncode}); see {log}")
     return {"method": method, "device": device, "wall_s": round(m.wall_s, 2), "cpu_s": round(m.cpu_s, 2),
             "peak_rss_mib": round(m.peak_rss_bytes / 2**20, 1), "anon_rss_mib": round(m.anon_rss_bytes / 2**20, 1),
             "gpu_peak_mib": None if m.gpu_peak_bytes is None else round(m.gpu_peak_bytes / 2**20, 1), "out": str(out)}  # fmt: skip

@@ -11,8 +11,8 @@ in one fixed batching of the pool, so φ(x) itself does not depend on the schedu
 Stage 2, adaptation on replay data only (the paper's GDumb-style choice): the buffer is
 `buffer.ClassBalancedBuffer` (bottom-k by a stable key per class, fed chunk by chunk along the
 stream; its content is a function of the data only). After each step the pretrained encoder
-with the closed-form classifier as its head (Fed3R-normalized W̃, logits / T; frozen, or trained
-from W̃ with `train_head`) is fine-tuned for `steps` SGD steps at `lr` on the buffer's training
+with the closed-form classifier as its head (W̃ itself, logits / T, so that before any step the
+network predicts exactly what stage 1 does; frozen, or trained from W̃ with `train_head`) is fine-tuned for `steps` SGD steps at `lr` on the buffer's training
 part, in key order with a fixed seed;
 each class's lowest-key `validation` fraction is held out and the adapted model is kept only if
 its class-incremental accuracy there beats the ridge predictor's (else the ridge predictor is
@@ -78,11 +78,11 @@ class Scroll(Finetune):
         self.accepted.append(self.adapt(model, t))
 
     def adapt(self, model: nn.Module, t: int) -> bool:
-        """Stage 2 from the pretrained encoder + the normalized ridge head; True if kept."""
+        """Stage 2 from the pretrained encoder + the ridge head W̃ (the stage-1 predictor); True if kept."""
         c, spec = self.ctx, self.spec
         model.head.requires_grad_(True)
         load_trainable(model, c.theta0)
-        set_head(model, self.ridge.normalized().to(torch.float32))
+        set_head(model, self.ridge.to(torch.float32))
         model.head.requires_grad_(spec.train_head)
         train, val = self.buffer.split(spec.validation)
         if spec.steps and train:

@@ -45,3 +45,24 @@ def test_stage2_with_zero_steps_is_exactly_the_ridge_predictor(cl_config):
     s2, s1 = (next(r for r in res.runs if r.label == lab) for lab in ("scroll", "scroll:stage1"))
     assert s2.artifacts["accepted"] == [False, False]
     assert s2.class_incremental == s1.class_incremental and s2.final_accuracy == s1.final_accuracy
+
+
+def test_stage2_starts_as_the_stage1_predictor(cl_bert):
+    """Stage 2's starting network (pretrained encoder, head = the ridge W̃ in float32, logits / T)
+    predicts exactly what the stage-1 ridge classifier predicts from the pretrained features, so
+    any accepted adaptation is a change from stage 1, not from a different head."""
+    from mergekit_het.models.classifier import PooledClassifier, set_head
+    from mergekit_het.models.encoder import load_encoder
+
+    torch.manual_seed(0)
+    model = PooledClassifier(load_encoder(str(cl_bert)), 5, 0.1).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(5, 60, (40, 12), generator=g), "attention_mask": torch.ones(40, 12, dtype=torch.long)}
+    with torch.no_grad():
+        feats = model.features(**batch)
+        s = ScrollClassifier(feats.shape[1], 5)
+        s.observe(feats, torch.arange(40) % 5, chunk_size=7)
+        set_head(model, s.head().to(torch.float32))
+        logits = model(**batch).logits
+    assert torch.equal(logits.argmax(-1), s.head()(feats).argmax(-1))
+    torch.testing.assert_close(logits.double() * 0.1, s.head()(feats), rtol=0, atol=1e-5)
