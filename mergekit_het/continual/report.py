@@ -89,10 +89,10 @@ def suite_report(runs: Sequence) -> dict[str, Any]:
     return {"data": data, "markdown": "\n".join(lines) + "\n"}
 
 
-def write_plots(runs: Sequence, folder: Path) -> None:
+def write_plots(runs: Sequence, folder: Path, setting: str = "") -> None:
     """`matrix_<label>.png` (class-incremental matrix, mean over schedules) per strategy and
     `accuracy_vs_experience.png` (mean over schedules of the average accuracy over the
-    experiences seen after each step)."""
+    experiences seen after each step), titled with the `setting`'s name."""
     curves = {}
     for label, rs in _by_label(runs).items():
         mats = [r.class_incremental for r in rs]
@@ -105,4 +105,5 @@ def write_plots(runs: Sequence, folder: Path) -> None:
         xs = list(range(len(names) - len(avg) + 1, len(names) + 1))
         curves[label] = (xs, avg)
     plot_curves(curves, folder / "accuracy_vs_experience.png", xlabel="experiences learned",
-                ylabel="class-incremental accuracy (seen experiences)", title="Continual learning")  # fmt: skip
+                ylabel="class-incremental accuracy (seen experiences)",
+                title=f"Continual learning{': ' + setting if setting else ''} (mean over schedules)")  # fmt: skip

@@ -136,5 +136,5 @@ def _write_output(cfg: ContinualConfig, runs: list[RunResult], report: dict[str,
     (stage / "results.json").write_text(json.dumps({"report": report["data"], "runs": [r.to_json() for r in runs]}, indent=1))
     (stage / "table.md").write_text(report["markdown"])
     (stage / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
-    write_plots(runs, stage)
+    write_plots(runs, stage, setting=Path(cfg.output.dir).name)
     publish_run(stage, Path(cfg.output.dir), cfg.output.overwrite, work, RUNNER_HINT)

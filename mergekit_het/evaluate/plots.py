@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..errors import MergekitHetError  # noqa: E402
 
@@ -155,13 +156,22 @@ def plot_curves(
     """
     if not curves:
         raise MergekitHetError("plot_curves: no curves to plot")
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    for name, c in curves.items():
+    many = len(curves) > 6  # legend beside the axes; past 10 curves the line style changes with the colour cycle
+    fig, ax = plt.subplots(figsize=(8.0 if many else 6.0, 4.0))
+    integer_x = True
+    for i, (name, c) in enumerate(curves.items()):
         xs, ys = c if isinstance(c, tuple) else (range(1, len(c) + 1), c)
         if len(xs) != len(ys):
             raise MergekitHetError(f"plot_curves: curve '{name}' has {len(xs)} x and {len(ys)} y values")
-        ax.plot(list(xs), list(ys), marker="o" if len(ys) <= 30 else None, ms=3, label=name)
+        integer_x = integer_x and all(float(x).is_integer() for x in xs)
+        ax.plot(list(xs), list(ys), marker="o" if len(ys) <= 30 else None, ms=3, label=name,
+                color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3])  # fmt: skip
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if many:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize="small")
     return _save(fig, path)
