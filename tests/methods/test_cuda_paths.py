@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from safetensors.torch import load_file
+from case_merge import merge_case  # tests/conftest.py puts this folder on sys.path
 
-from mergekit_het.merge.config import load_merge_config
-from mergekit_het.merge.engine import MergeOptions, run_merge
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -45,15 +42,7 @@ CASES = {  # label: (method, experts, base?, per-model parameters, global parame
 
 
 def merge(tmp_path: Path, models: dict[str, Path], case: str, out: str, **options) -> dict[str, torch.Tensor]:
-    method, n, with_base, per_model, params, _ = CASES[case]
-    entries = [{"model": str(models[f"e{i}"]), "parameters": {k: v[i] for k, v in per_model.items()}} for i in range(n)]
-    cfg = {"merge_method": method, "models": entries, "parameters": params}
-    if with_base:
-        cfg["base_model"] = str(models["base"])
-    path = tmp_path / f"{out}.yml"
-    path.write_text(yaml.safe_dump(cfg))
-    run_merge(load_merge_config(path), tmp_path / out, MergeOptions(progress=False, **options))
-    return load_file(tmp_path / out / "model.safetensors")
+    return merge_case(tmp_path, models, CASES[case], out, **options)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
