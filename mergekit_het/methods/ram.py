@@ -22,12 +22,19 @@ Threshold = Annotated[float, Bounds(warn_low=0, warn_why="a negative epsilon cou
 
 
 def _active(base: Tensor, tensors: Sequence[Tensor], epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(τ stacked and flattened with |τ| ≤ ε zeroed, the active masks a, the counts c)."""
+    """(τ stacked and flattened with |τ| ≤ ε zeroed, the active masks a, the counts c), a and c
+    as floats of τ's dtype (1/0 and small integers, exact): bool tensors are slow on CPUs."""
     deltas = stack_models(tensors)
     deltas -= base
     flat = deltas.view(len(tensors), -1)
-    active = flat.abs() > epsilon
-    return flat * active, active, active.sum(dim=0, keepdim=True)
+    active = active_mask(flat, epsilon)
+    return flat.mul_(active), active, active.sum(dim=0, keepdim=True)
+
+
+def active_mask(flat: Tensor, epsilon: float) -> Tensor:
+    """aᵢ = [|τᵢ| > ε] as 1.0/0.0 in τ's dtype (NaN is not active)."""
+    magnitudes = flat.abs()
+    return torch.gt(magnitudes, epsilon, out=magnitudes)
 
 
 def _combine(base: Tensor, kept: Tensor, counts: Tensor, unique_scale: Tensor | None) -> Tensor:
@@ -40,15 +47,15 @@ def _combine(base: Tensor, kept: Tensor, counts: Tensor, unique_scale: Tensor | 
     promotes the unique part."""
     exact_factor = unique_scale is None or bool(((unique_scale >= 1) & (unique_scale <= 2)).all())
     if kept.dtype in (torch.float32, torch.float64) and exact_factor:
-        divisor = counts.to(kept.dtype).clamp_(min=1)
-        single = None if unique_scale is None else (counts == 1).to(kept.dtype)
-        out = None
+        divisor = counts.clamp(min=1)
+        single = None if unique_scale is None else torch.eq(counts, 1, out=torch.empty_like(counts))
         for i in range(len(kept)):
-            term = kept[i : i + 1] / divisor
+            term = kept[i : i + 1].div_(divisor)
             if single is not None:
                 term.mul_(single * (float(unique_scale[i]) - 1) + 1)
-            out = term if out is None else out.add_(term)
-        return base + out.reshape_as(base)
+            if i:
+                kept[:1].add_(term)
+        return base + kept[0].view_as(base)
     unique = kept * (counts == 1)
     if unique_scale is not None:
         unique = unique * unique_scale.unsqueeze(-1)
@@ -66,10 +73,12 @@ def ram(base: Tensor, tensors: Sequence[Tensor], *, epsilon: Threshold = 1e-5) -
 
 
 def overlap_counts(active: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """Per model, (#entries it shares with another model, #entries only it changed); an active
-    entry has c ≥ 1, so the shared ones are the active ones less the unique ones."""
-    unique = (active & (counts == 1)).sum(dim=1)
-    return active.sum(dim=1) - unique, unique
+    """Per model, (#entries it shares with another model, #entries only it changed), int64; an
+    active entry has c ≥ 1, so the shared ones are the active ones less the unique ones. The
+    float masks are summed in float64: exact integers."""
+    single = torch.eq(counts, 1, out=torch.empty_like(counts))
+    unique = (active * single).sum(dim=1, dtype=torch.float64).long()
+    return active.sum(dim=1, dtype=torch.float64).long() - unique, unique
 
 
 def ramplus_tl_chunked(numel: int, kwargs: dict[str, Any]) -> Prepare:
@@ -81,7 +90,7 @@ def ramplus_tl_chunked(numel: int, kwargs: dict[str, Any]) -> Prepare:
         for _, base, tensors in chunks():  # the masks only: |τ| > ε on the stacked τ, no kept copy
             deltas = stack_models(Float32Copies(tensors))
             deltas -= as_compute_dtype(base)
-            active = deltas.abs_().view(len(tensors), -1) > kwargs["epsilon"]
+            active = active_mask(deltas.view(len(tensors), -1), kwargs["epsilon"])
             s, u = overlap_counts(active, active.sum(dim=0, keepdim=True))
             shared, unique = shared + s, unique + u
         return TensorStats(tensor={"shared": shared, "unique": unique})

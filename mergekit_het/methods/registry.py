@@ -95,6 +95,15 @@ class Float32Copies(Sequence[Tensor]):
             return [_float_copy(t, self._dtype) for t in self._tensors[i]]
         return _float_copy(self._tensors[i], self._dtype)
 
+    def stored(self, i: int) -> Tensor:
+        """The i-th tensor as given (not a copy: read it, never write it)."""
+        return self._tensors[i]
+
+    def copy_dtype(self, i: int) -> torch.dtype:
+        """The dtype of the i-th copy, without making it."""
+        t = self._tensors[i]
+        return self._dtype or (t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32)
+
 
 def as_compute_dtype(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """`t` in the arithmetic dtype: float32, or float64 where stored so, or `dtype` if given (no

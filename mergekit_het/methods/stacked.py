@@ -7,10 +7,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .registry import Float32Copies
+
 
 def stack_models(tensors: Sequence[Tensor]) -> Tensor:
     """The tensors as one (n, ...) tensor, filled one float32 copy at a time (peak: the stack
-    plus one copy, where `torch.stack` of a `Float32Copies` would hold every copy twice)."""
+    plus one copy, where `torch.stack` of a `Float32Copies` would hold every copy twice); from a
+    `Float32Copies`, each stored tensor converted straight into its row (the same values: one
+    rounding at most, to the stack's dtype)."""
+    if isinstance(tensors, Float32Copies):
+        first = tensors.stored(0)
+        out = torch.empty((len(tensors), *first.shape), dtype=tensors.copy_dtype(0), device=first.device)
+        for i in range(len(tensors)):
+            out[i] = tensors.stored(i)
+        return out
     first = tensors[0]
     out = torch.empty((len(tensors), *first.shape), dtype=first.dtype, device=first.device)
     out[0] = first

