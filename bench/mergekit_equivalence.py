@@ -112,6 +112,23 @@ CASES = [
     Case("passthrough", "passthrough", (2,), base=False),
     Case("passthrough_scale_gradient", "passthrough", (2,), base=False,
          params={"scale": [{"filter": "o_proj", "value": [0.0, 2.0]}, {"value": 1.0}]}),
+    # configs as model cards write them: the base listed among the models, gradients of per-model
+    # parameters with filters, mergekit options that change nothing (int8_mask)
+    Case("task_arithmetic_base_listed", "task_arithmetic", (0, 1, 2), model_params=({"weight": 0.3}, {"weight": 1.0}, {"weight": 0.5})),
+    Case("ties_int8_mask_lambda", "ties", (1, 2, 3), model_params=W3, params={"density": 0.5, "int8_mask": True, "lambda": 0.7}),
+    Case("linear_weight_gradient_filter", "linear", (1, 2), base=False,
+         model_params=({"weight": [{"filter": "mlp", "value": [0.2, 0.8]}, {"value": 0.5}]}, {"weight": 0.5})),
+    Case("breadcrumbs_gamma_gradient", "breadcrumbs", (1, 2, 3), model_params=W3, params={"density": 0.9, "gamma": [0.01, 0.1]}),
+    Case("nearswap_gradient", "nearswap", (1,), params={"t": [0.0001, 0.01]}),
+    Case("multislerp_weight_gradient", "multislerp", (1, 2, 3),
+         model_params=({"weight": [0.2, 0.8]}, {"weight": 0.5}, {"weight": 0.3})),
+    Case("linear_global_weight", "linear", (1, 2, 3), base=False, model_params=({}, {"weight": 2.0}, {}), params={"weight": 0.5}),
+    Case("ties_global_density_out_float16", "ties", (1, 2, 3), model_params=({"weight": 1.0}, {"weight": 0.5, "density": 0.2}, {"weight": 0.3}),
+         params={"density": 0.6}, out_dtype="float16"),
+    Case("model_stock_base_listed", "model_stock", (0, 1, 2, 3)),
+    Case("slerp_model_card", "slerp", (), params={"t": [{"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
+                                                      {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]}, {"value": 0.5}]},
+         slices=(((0, 0, 2, {}), (1, 0, 2, {})),)),
     # slices (2-layer checkpoints): a frankenmerge with a repeated layer, and per-slice gradients and filters
     Case("slices_frankenmerge", "passthrough", (), base=False, slices=(((1, 0, 2, {}),), ((2, 1, 2, {}),), ((3, 0, 1, {}),))),
     Case("slices_linear_gradients", "linear", (), base=False, params={"normalize": False}, slices=(
