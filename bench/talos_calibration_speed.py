@@ -34,21 +34,24 @@ from torch import nn
 CONFIG = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "minilm_frozen_head_talos.yaml"
 
 
-def loop_scores(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable[dict[str, torch.Tensor]],
+def loop_scores(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable[tuple[torch.Tensor, dict]],
                 generator: torch.Generator, samples: int = 1, logits_fn: Callable | None = None,
-                progress: bool = False, chunk: int = 32) -> tuple[dict[str, torch.Tensor], list[int]]:  # fmt: skip
-    """`sensitivity_scores` as one autograd call per (example, sampled label): each example alone
-    with its padding cut off, its label drawn on CPU from softmax(logits) in float64 with
-    `generator` (same draws, same order as the vectorized path); `chunk` is unused."""
+                progress: bool = False, chunk: int = 32, examples: int | None = None,
+                reduce: Callable | None = None) -> tuple[dict[str, torch.Tensor], list[int]]:  # fmt: skip
+    """`sensitivity_scores` of one process as one autograd call per (example, sampled label):
+    each example alone with its padding cut off, its label drawn on CPU from softmax(logits) in
+    float64 with `generator` (one process's batches are in index order: the same draws in the
+    same order as the vectorized path), squares summed in float64; `chunk`, `examples` and
+    `reduce` (several processes) are unused."""
     from mergekit_het.finetune.talos import task_logits
 
     logits_fn = logits_fn or task_logits
     was_training = model.training
     model.eval()
-    scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    scores = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
     sampled: list[int] = []
     plist = list(params.values())
-    for batch in batches:
+    for _, batch in batches:
         for i in range(batch["input_ids"].shape[0]):
             n = int(batch["attention_mask"][i].sum())
             one = {k: v[i : i + 1, :n] if v.ndim == 2 else v[i : i + 1] for k, v in batch.items() if k != "labels"}
@@ -60,7 +63,7 @@ def loop_scores(model: nn.Module, params: dict[str, nn.Parameter], batches: Iter
                 grads = torch.autograd.grad(logits[y], plist, retain_graph=r + 1 < samples, allow_unused=True)
                 for name, g in zip(params, grads, strict=True):
                     if g is not None:
-                        scores[name] += g.float().square()
+                        scores[name] += g.double().square()
     model.train(was_training)
     return scores, sampled
 

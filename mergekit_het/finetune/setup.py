@@ -119,15 +119,17 @@ def talos_masks(cfg: FinetuneConfig, model: nn.Module, tokenizer, data: TaskData
     model.to(accelerator.device)
     rank, world = accelerator.process_index, accelerator.num_processes
 
-    def batches() -> list[dict[str, torch.Tensor]]:  # a list, so the scoring bar has a total
-        shard = eval_batches(calib, tokenizer, cfg.train.eval_batch_size, rank=rank, world=world,
-                             causal_lm=cfg.protocol == "causal_lm", device=accelerator.device)  # fmt: skip
-        return [batch for _, batch in shard]
+    def batches() -> list:  # (global indices, batch) of this process's share; a list, so the scoring bar has a total
+        return list(eval_batches(calib, tokenizer, cfg.train.eval_batch_size, rank=rank, world=world,
+                                 causal_lm=cfg.protocol == "causal_lm", device=accelerator.device))  # fmt: skip
+
+    def across(t: torch.Tensor) -> torch.Tensor:  # the sum over processes (a CPU tensor comes back on the CPU)
+        return accelerator.reduce(t.to(accelerator.device), "sum").to(t.device)
 
     masks = calibrate_masks(
         model, batches, sparsity=cfg.talos.sparsity, rounds=cfg.talos.rounds, frozen_scale=cfg.talos.frozen_scale,
-        samples=cfg.talos.samples, seed=cfg.train.seed,
-        reduce=(lambda t: accelerator.reduce(t, "sum")) if world > 1 else (lambda t: t),
+        samples=cfg.talos.samples, seed=cfg.train.seed, examples=len(calib),
+        reduce=across if world > 1 else (lambda t: t),
         progress=accelerator.is_main_process,
     )
     masks = {n: m.cpu() for n, m in masks.items()}

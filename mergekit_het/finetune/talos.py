@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
+
 HEAD_NAMES = ("classifier", "score", "lm_head")  # sequence-classification / LM heads of HF models
 
 
@@ -117,48 +119,82 @@ def _logit_of(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return logits.gather(0, label.unsqueeze(0))[0]
 
 
+Batches = Iterable[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (global example indices, batch), as `eval_batches` yields
+
+
+def _no_reduce(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def all_logits(model: nn.Module, params: dict[str, nn.Parameter], batches: list, logits_fn: Callable,
+               examples: int | None, reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(logits (N, C) float64 on CPU, held (N,) bool): every example's logits, each computed alone,
+    by index. With several processes each scores its shard and `reduce` (a sum across them) gives
+    every process all N = `examples` rows; `held` marks the indices some process holds."""
+    rows: dict[int, torch.Tensor] = {}
+    for idx, batch in batches:
+        for n, (r, inputs) in length_groups(batch).items():
+            got = per_example_logits(model, params, n, inputs, logits_fn).double().cpu()
+            rows.update(zip(idx[r].tolist(), got))
+    if not rows:
+        raise ConfigError("TaLoS calibration: a process holds no calibration example; talos.max_examples (or the "
+                          "calibration split) must have at least one example per process")
+    if examples is None:
+        examples = max(rows) + 1
+    logits = torch.zeros(examples, len(next(iter(rows.values()))), dtype=torch.float64)
+    count = torch.zeros(examples, dtype=torch.float64)
+    for i, z in rows.items():
+        logits[i], count[i] = z, 1
+    logits, count = reduce(logits), reduce(count)
+    if bool((count > 1).any()):
+        raise RuntimeError("TaLoS calibration: an example is held by more than one process (the shards overlap)")
+    return logits, count > 0
+
+
 def sensitivity_scores(
     model: nn.Module,
     params: dict[str, nn.Parameter],
-    batches: Iterable[dict[str, torch.Tensor]],
+    batches: Batches,
     generator: torch.Generator,
     samples: int = 1,
     logits_fn: Callable = task_logits,
     progress: bool = False,
     chunk: int = 32,
+    examples: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _no_reduce,
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """TaLoS scores (float32, one per entry of each parameter) and the sampled labels, in order.
+    """TaLoS scores of this process's examples (float64, one per entry of each parameter) and the
+    sampled labels of all examples in index order.
 
-    Per batch, its examples grouped by length (`length_groups`), each example alone (its padding
-    cut off): the logits of all, then labels drawn on CPU with `generator` from softmax of each
-    example's logits (float64) in batch order, so a fixed seed gives the same labels on any
-    device; then the gradients of the sampled logits, `chunk` (example, label) pairs at a time
-    (`per_example_grads`), squared and summed. Equal to a per-example autograd loop up to float32
-    round-off (batched kernels; tests/finetune/test_talos.py)."""
+    Two passes over the (indices, batch) pairs. First every example's logits, each example alone
+    (its padding cut off; `all_logits`, shared across processes through `reduce`); then `samples`
+    labels per example drawn on CPU with `generator` from softmax of its logits (float64), in
+    global index order over all N examples, so the draws are those of one process over the
+    pooled data whatever the sharding or batching (and on any device); then the gradients of the
+    sampled logits of this process's examples, grouped by length, `chunk` (example, label) pairs
+    at a time (`per_example_grads`), squared and summed in float64 (squares of float32 values are
+    exact there). Equal to a per-example autograd loop up to float32 round-off of the gradients
+    (batched kernels; tests/finetune/test_talos.py). The caller sums the scores across processes."""
     was_training = model.training
     model.eval()
-    scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-    sampled: list[int] = []
-    for batch in tqdm(batches, desc="talos scores", disable=not progress, leave=False):
-        groups = length_groups(batch)
-        logits = torch.empty(batch["input_ids"].shape[0], 0, dtype=torch.float64)
-        for n, (rows, inputs) in groups.items():
-            got = per_example_logits(model, params, n, inputs, logits_fn).double().cpu()
-            logits = logits if logits.shape[1] else torch.empty(len(logits), got.shape[1], dtype=torch.float64)
-            logits[rows] = got
-        probs = torch.softmax(logits, dim=-1)
-        labels = torch.tensor([[int(torch.multinomial(p, 1, generator=generator)) for _ in range(samples)] for p in probs])
-        sampled += labels.flatten().tolist()
-        for n, (rows, inputs) in groups.items():
+    batches = list(batches)
+    logits, held = all_logits(model, params, batches, logits_fn, examples, reduce)
+    probs = torch.softmax(logits, dim=-1)
+    labels = torch.zeros(len(logits), samples, dtype=torch.long)
+    for i in held.nonzero().flatten().tolist():
+        labels[i] = torch.tensor([int(torch.multinomial(probs[i], 1, generator=generator)) for _ in range(samples)])
+    scores = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    for idx, batch in tqdm(batches, desc="talos scores", disable=not progress, leave=False):
+        for n, (rows, inputs) in length_groups(batch).items():
             for r in range(samples):
-                y = labels[rows, r].to(batch["input_ids"].device)
+                y = labels[idx[rows], r].to(batch["input_ids"].device)
                 for s0 in range(0, len(rows), chunk):
                     part = {k: v[s0 : s0 + chunk] for k, v in inputs.items()}
                     grads = per_example_grads(model, params, n, part, y[s0 : s0 + chunk], _logit_of, logits_fn)
                     for name, g in grads.items():
-                        scores[name] += g.float().square().sum(0)
+                        scores[name] += g.double().square().sum(0)
     model.train(was_training)
-    return scores, sampled
+    return scores, labels[held].flatten().tolist()
 
 
 def prune_step(
@@ -167,7 +203,7 @@ def prune_step(
     """One calibration round: keep trainable the `keep_fraction` (of ALL entries) with the lowest
     scores among the currently trainable ones; frozen entries stay frozen (masks are nested)."""
     names = list(scores)
-    flat = torch.cat([torch.where(masks[n], scores[n], torch.inf).flatten().float().cpu() for n in names])
+    flat = torch.cat([torch.where(masks[n], scores[n], torch.inf).flatten().double().cpu() for n in names])
     n_active = int(sum(int(masks[n].sum()) for n in names))
     # + 1e-6 so that e.g. (1 - 0.9) * 1560 = 155.99999999999997 gives 156, not 155
     k = min(int(keep_fraction * flat.numel() + 1e-6), n_active - 1)
@@ -203,12 +239,15 @@ def calibrate_masks(
     frozen_scale: float = 0.1,
     samples: int = 1,
     seed: int = 0,
-    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    examples: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _no_reduce,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Boolean masks (True = trainable) over `prunable_parameters(model)` after `rounds` rounds
-    with targets (1 − sparsity)^(r/rounds). `reduce` sums scores across processes (each process
-    scores its own shard of the calibration data). Parameters that get no gradient at all in the
+    with targets (1 − sparsity)^(r/rounds). `make_batches()` gives (global indices, batch) pairs
+    of this process's shard of the `examples` calibration examples; `reduce` sums across
+    processes (the logits, then the scores), so the sampled labels, and the masks up to float64
+    summation order, are those of one process whatever the number of processes. Parameters that get no gradient at all in the
     first round (unused by the task) are frozen and left out of the count, so the whole budget
     goes to parameters that can learn."""
     params = prunable_parameters(model)
@@ -218,7 +257,8 @@ def calibrate_masks(
     dead: set[str] = set()
     for r in range(1, rounds + 1):
         with frozen_scaled(params, masks, frozen_scale):
-            scores, _ = sensitivity_scores(model, params, make_batches(), generator, samples, progress=progress)
+            scores, _ = sensitivity_scores(model, params, make_batches(), generator, samples, progress=progress,
+                                           examples=examples, reduce=reduce)  # fmt: skip
         scores = {n: reduce(s) for n, s in scores.items()}
         if r == 1:  # parameters the task never uses (e.g. BERT's pooler under mean pooling)
             dead = {n for n, s in scores.items() if not bool(s.any())}

@@ -29,8 +29,8 @@ class Linear(nn.Module):
 def test_sensitivity_score_linear_model_matches_closed_form():
     torch.manual_seed(0)
     model, x = Linear(), torch.randn(10, 4)
-    batches = [{"input_ids": x[:6], "attention_mask": torch.ones(6, 4)},
-               {"input_ids": x[6:], "attention_mask": torch.ones(4, 4)}]
+    batches = [(torch.arange(6), {"input_ids": x[:6], "attention_mask": torch.ones(6, 4)}),
+               (torch.arange(6, 10), {"input_ids": x[6:], "attention_mask": torch.ones(4, 4)})]
     params = {"proj.weight": model.proj.weight}
     scores, ys = sensitivity_scores(model, params, batches, torch.Generator().manual_seed(7))
     # closed form: score[c, j] = sum_x 1[y_x = c] x_j^2, with y_x drawn by the same sampler
@@ -41,7 +41,8 @@ def test_sensitivity_score_linear_model_matches_closed_form():
     expected = torch.zeros(3, 4)
     for xi, y in zip(x, ys):
         expected[y] += xi.square()
-    torch.testing.assert_close(scores["proj.weight"], expected, rtol=1e-6, atol=1e-7)
+    assert scores["proj.weight"].dtype == torch.float64
+    torch.testing.assert_close(scores["proj.weight"], expected.double(), rtol=1e-6, atol=1e-7)
 
 
 def test_prune_step_keeps_low_scores_trainable():
@@ -74,7 +75,7 @@ def test_calibrate_masks_schedule_fraction_and_nesting(monkeypatch):
 
     monkeypatch.setattr(talos, "prune_step", spy)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    masks = calibrate_masks(model, lambda: [{"input_ids": x, "attention_mask": torch.ones(8, 20)}], sparsity=0.9)
+    masks = calibrate_masks(model, lambda: [(torch.arange(8), {"input_ids": x, "attention_mask": torch.ones(8, 20)})], sparsity=0.9)
     total = sum(p.numel() for p in model.parameters())  # 1560
     assert [round(k, 4) for k, _ in history] == [0.5623, 0.3162, 0.1778, 0.1]
     for (k, m) in history:
@@ -116,9 +117,9 @@ def test_masked_adamw_frozen_entries_bit_identical_after_many_steps():
 def _loop_scores(model, params, batches, generator, samples=1):
     """The per-example autograd loop TaLoS calibration used before `torch.func` (the reference)."""
     model.eval()
-    scores = {n: torch.zeros_like(p) for n, p in params.items()}
+    scores = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
     ys = []
-    for batch in batches:
+    for _, batch in batches:
         for i in range(batch["input_ids"].shape[0]):
             n = int(batch["attention_mask"][i].sum())
             one = {k: v[i : i + 1, :n] for k, v in batch.items()}
@@ -130,7 +131,7 @@ def _loop_scores(model, params, batches, generator, samples=1):
                 grads = torch.autograd.grad(logits[y], list(params.values()), retain_graph=r + 1 < samples, allow_unused=True)
                 for name, g in zip(params, grads):
                     if g is not None:
-                        scores[name] += g.square()
+                        scores[name] += g.double().square()
     return scores, ys
 
 
@@ -150,7 +151,8 @@ def _tiny(kind, tmp_path):
         model = load_causal_lm(make_gpt2(tmp_path / "g"))
     tok = make_tokenizer()
     texts = ["w1 w2 w3", "w5 w6", "w7 w8 w9 w10 w11", "w3", "w20 w21 w22", "w9 w8"]
-    return model, [dict(tok(texts[:4], padding=True, return_tensors="pt")), dict(tok(texts[4:], padding=True, return_tensors="pt"))]
+    return model, [(torch.arange(4), dict(tok(texts[:4], padding=True, return_tensors="pt"))),
+                   (torch.arange(4, 6), dict(tok(texts[4:], padding=True, return_tensors="pt")))]
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
