@@ -68,7 +68,7 @@ def model_stock(base: Tensor, tensors: Sequence[Tensor], *, filter_wise: bool = 
         t = _whole_ratio(rows, [x.reshape(rows.shape) for x in tensors])
     else:
         t = _whole_ratio(base.reshape(-1), [x.reshape(-1) for x in tensors])
-    total = 0 + tensors[0]
+    total = tensors[0].add_(0)  # Python's sum starts at 0: 0 + θ₁ (−0 becomes +0), in θ₁'s copy
     for i in range(1, len(tensors)):
         total += tensors[i]
     mean = total.div_(len(tensors)).view(*t.shape[:-1], -1)

@@ -101,16 +101,17 @@ class Float32Copies(Sequence[Tensor]):
 
     def copy_dtype(self, i: int) -> torch.dtype:
         """The dtype of the i-th copy, without making it."""
-        t = self._tensors[i]
-        return self._dtype or (t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32)
+        return compute_dtype(self._tensors[i], self._dtype)
+
+
+def compute_dtype(t: Tensor, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The arithmetic dtype of `t`: float32, or float64 where stored so, or `dtype` if given."""
+    return dtype or (t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32)
 
 
 def as_compute_dtype(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """`t` in the arithmetic dtype: float32, or float64 where stored so, or `dtype` if given (no
-    copy if it already is)."""
-    if dtype is not None:
-        return t.to(dtype)
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    """`t` in its `compute_dtype` (no copy if it already is)."""
+    return t.to(compute_dtype(t, dtype))
 
 
 def _float_copy(t: Tensor, dtype: torch.dtype | None) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .registry import WHOLE, Chunks, PerModel, Prepare, TensorStats, as_compute_dtype, merge_method
+from .registry import WHOLE, Chunks, PerModel, Prepare, TensorStats, as_compute_dtype, compute_dtype, merge_method
 from .stacked import stack_models
 
 
@@ -36,16 +36,20 @@ def gram(chunks: Chunks, *, base_as_model: bool = False) -> Tensor:
     for _, base, tensors in chunks():
         b = None if base is None else as_compute_dtype(base).reshape(-1)
         extra = b is not None and base_as_model
-        numel, first = tensors[0].numel(), as_compute_dtype(tensors[0])
+        numel, dtype = tensors[0].numel(), compute_dtype(tensors[0])
         padded = -(-numel // GRAM_BLOCK) * GRAM_BLOCK
-        x = torch.empty((len(tensors) + extra, padded), dtype=first.dtype, device=first.device)
+        x = torch.empty((len(tensors) + extra, padded), dtype=dtype, device=tensors[0].device)
         x[:, numel:] = 0
         for i, t in enumerate(tensors):  # one buffer filled row by row, no stacked copies
-            row = (first if i == 0 else as_compute_dtype(t)).reshape(-1)
-            if b is None or extra:
-                x[i, :numel] = row
+            row, offset = x[i, :numel], b is not None and not extra
+            if compute_dtype(t) == dtype:  # converted straight into the row (exact), then θᵢ − θ₀ there
+                row.copy_(t.reshape(-1))
+                if offset:
+                    row.sub_(b)
+            elif offset:  # another stored dtype: its copy's arithmetic, one rounding into the row
+                torch.sub(as_compute_dtype(t).reshape(-1), b, out=row)
             else:
-                torch.sub(row, b, out=x[i, :numel])
+                row.copy_(as_compute_dtype(t).reshape(-1))
         if extra:
             x[-1, :numel] = b
         blocks = x.view(len(x), -1, GRAM_BLOCK).transpose(0, 1)

@@ -9,6 +9,7 @@ import torch
 from mergekit_het.methods import arcee_fusion as af
 from mergekit_het.methods import get_method
 from mergekit_het.methods.registry import Float32Copies, TensorStats
+from mergekit_het.methods.spherical import gram
 
 NAN, INF = float("nan"), float("inf")
 SHAPES = [(7,), (1000,), (37, 53), (4, 5, 6)]
@@ -180,3 +181,19 @@ def test_arcee_fusion_numpy_sort_equals_torch_sort(dtype):
     expected, got = torch.sort(z).values, af._sorted(z)
     assert got.dtype == dtype and torch.equal(got.isnan(), expected.isnan())
     assert torch.equal(got[~got.isnan()], expected[~expected.isnan()])
+
+
+@pytest.mark.parametrize("base_as_model", [False, True])
+def test_gram_of_stored_dtypes_equals_gram_of_their_copies(base_as_model):
+    # rows are converted straight into the Gram buffer: the same bits as from the float copies,
+    # also where the models are stored in different dtypes (one rounding into the float32 rows)
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(5000, generator=g).bfloat16()
+    models = [torch.randn(5000, generator=g).to(d) for d in (torch.bfloat16, torch.float64, torch.float16)]
+
+    def chunks(b, ms):
+        return lambda: iter([(s, b[s : s + 3000], [m[s : s + 3000] for m in ms]) for s in range(0, 5000, 3000)])
+    copies = [m.float() if m.dtype != torch.float64 else m for m in models]
+    got = gram(chunks(base, models), base_as_model=base_as_model)
+    expected = gram(chunks(base.float(), copies), base_as_model=base_as_model)
+    assert torch.equal(got.view(torch.int64), expected.view(torch.int64))
