@@ -130,3 +130,28 @@ def test_did_you_mean_only_when_close():
     with pytest.raises(ConfigError) as err:
         load_merge_config(cfg(zzzzqq=1, parameters={"xyzzy": 1}))
     assert "did you mean" not in str(err.value)
+
+
+def test_relative_paths_that_do_not_exist_are_reported_with_the_rest(tmp_path, tiny_models, monkeypatch):
+    """`./x` and `../x/y` are paths, not Hub ids (`namespace/name`): a missing one is reported with
+    the config's other problems, not after them when the model is opened."""
+    from mergekit_het.io.resolve import is_hub_id
+
+    assert is_hub_id("sentence-transformers/all-MiniLM-L6-v2") and is_hub_id("org/model.v2")
+    assert not is_hub_id("./nope") and not is_hub_id("../up/one") and not is_hub_id("/abs/x") and not is_hub_id("gpt2")
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "cfg.yml"
+    p.write_text(f"""merge_method: ties
+base_model: ./nope2
+models:
+  - model: {tiny_models['e0']}
+    parameters: {{weight: 1, densty: 0.5}}
+  - model: ../up/nope
+    parameters: {{weight: 1, density: 0.5}}
+""")
+    with pytest.raises(ConfigError) as err:
+        load_merge_config(p)
+    msg = str(err.value)
+    for part in ["'densty' is not a parameter of ties", "base_model: model path ./nope2 does not exist",
+                 "models[1].model: model path ../up/nope does not exist"]:
+        assert part in msg, (part, msg)

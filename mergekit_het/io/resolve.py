@@ -21,6 +21,12 @@ from .sources import DerivedSource, PickleModel, SafetensorsModel, TensorSource,
 
 TASK_VECTOR_FILE = "task_vector.safetensors"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def is_hub_id(ref: str) -> bool:
+    """`ref` has the shape of a Hub repo id, `namespace/name` (not `./x` or `../x`, which are
+    relative paths)."""
+    return bool(_REPO_ID.match(ref)) and not ref.startswith((".", "/"))
 _MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "1_Pooling/*"]
 
 
@@ -29,7 +35,7 @@ def local_folder(ref: str) -> Path:
     path = Path(ref).expanduser()
     if path.exists():
         return path
-    if _REPO_ID.match(ref) and not ref.startswith((".", "/")):
+    if is_hub_id(ref):
         from huggingface_hub import snapshot_download
 
         try:
@@ -42,7 +48,7 @@ def local_folder(ref: str) -> Path:
 def check_reference(ref: str) -> None:
     """Fail early on a missing local path (Hub ids are resolved when opened)."""
     for part in ref.split("+"):
-        if not Path(part).expanduser().exists() and not _REPO_ID.match(part):
+        if not Path(part).expanduser().exists() and not is_hub_id(part):
             raise ConfigError(f"model path {part} does not exist")
 
 
