@@ -38,7 +38,7 @@ from make_checkpoints import (
     make_checkpoints,
     spec_from_args,
 )
-from measure import Measurement, open_gpu, read_files, run_measured, write_file
+from measure import Measurement, child_env, open_gpu, read_files, run_measured, write_file
 from outputs import compare_outputs
 from report import write_report
 
@@ -125,14 +125,6 @@ def default_mergekit_argv() -> list[str]:
     if found := shutil.which("mergekit-yaml"):
         return [found]
     return [sys.executable, "-m", "mergekit.scripts.run_yaml"]
-
-
-def child_env() -> dict[str, str]:
-    """The children's environment: the repo on PYTHONPATH (mergekit-het runs from source)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -122,6 +122,16 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+def child_env() -> dict[str, str]:
+    """A benchmark child's environment: the repo first on PYTHONPATH (mergekit-het runs from
+    source), the caller's PYTHONPATH kept after it (e.g. a wheels' site folder)."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
 def run_measured(cmd: list[str], log: Path, *, env: dict[str, str] | None = None,
                  cwd: Path | None = None, gpu: _Gpu | None = None, interval: float = 0.05) -> Measurement:
     """Run `cmd` (stdout+stderr to `log`) in a fresh child and measure it."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from make_checkpoints import PRESETS, CheckpointSpec, make_checkpoints  # noqa: E402
-from measure import open_gpu, run_measured  # noqa: E402
+from measure import child_env, open_gpu, run_measured  # noqa: E402
 
 PARAMETERS = {"ties": {"normalize": True, "lambda": 1.0}, "tsv": {"alpha": 1.0}, "iso_c": {"alpha": 1.0},
               "iso_cts": {"alpha": 1.0, "common_space_fraction": 0.8}}  # fmt: skip
@@ -41,12 +40,10 @@ def write_config(method: str, folders: list[Path], path: Path) -> Path:
 def merge_once(method: str, folders: list[Path], work: Path, device: str, gpu, threads: int | None = None) -> dict:
     config = write_config(method, folders, work / f"{method}.yml")
     out = work / f"out-{method}-{device.replace(':', '')}"
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's (e.g. wheels' site dir)
-    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "mergekit_het.cli", "merge", str(config), str(out), "--device", device, "--overwrite"]
     cmd += ["--threads", str(threads)] if threads else []
     log = work / f"{method}-{device.replace(':', '')}.log"
-    m = run_measured(cmd, log, env=env, gpu=gpu)
+    m = run_measured(cmd, log, env=child_env(), gpu=gpu)
     if m.returncode != 0:
         raise SystemExit(f"{method} on {device} failed (exit {m.returncode}); see {log}")
     return {"method": method, "device": device, "wall_s": round(m.wall_s, 2), "cpu_s": round(m.cpu_s, 2),
