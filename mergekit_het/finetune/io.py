@@ -120,8 +120,8 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """`data` as indented JSON (non-JSON values such as paths written with str)."""
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    """`data` as indented JSON (non-JSON values such as paths written with str), atomically."""
+    atomic.atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _masks_by_saved_name(model, masks, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:

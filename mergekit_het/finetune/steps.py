@@ -11,8 +11,8 @@ import torch
 
 from ..runtime.batching import eval_batches
 from ..runtime.evaluation import eval_mode, evaluate_batches
-from ..runtime.files import atomic_write_text
 from ..runtime.resume import resume_message
+from . import io
 from .config import FinetuneConfig
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -81,7 +81,7 @@ def save_checkpoint(accelerator, work: Path, step: int, history: list[dict]) -> 
     ckpt = work / CHECKPOINTS / f"step_{step}"
     accelerator.save_state(str(ckpt))
     if accelerator.is_main_process:
-        atomic_write_text(ckpt / TRAINER_STATE, json.dumps({"step": step, "history": history}, indent=2, default=str))  # last: marks it complete
+        io.write_json(ckpt / TRAINER_STATE, {"step": step, "history": history})  # last, atomically: marks it complete
         for old in (work / CHECKPOINTS).glob("step_*"):
             if old != ckpt:
                 shutil.rmtree(old)

@@ -21,13 +21,13 @@ from .sources import DerivedSource, PickleModel, SafetensorsModel, TensorSource,
 
 TASK_VECTOR_FILE = "task_vector.safetensors"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "1_Pooling/*"]
 
 
 def is_hub_id(ref: str) -> bool:
     """`ref` has the shape of a Hub repo id, `namespace/name` (not `./x` or `../x`, which are
     relative paths)."""
     return bool(_REPO_ID.match(ref)) and not ref.startswith((".", "/"))
-_MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "1_Pooling/*"]
 
 
 def local_folder(ref: str) -> Path:

@@ -16,14 +16,12 @@ def stack_models(tensors: Sequence[Tensor]) -> Tensor:
     `Float32Copies`, each stored tensor converted straight into its row (the same values: one
     rounding at most, to the stack's dtype)."""
     if isinstance(tensors, Float32Copies):
-        first = tensors.stored(0)
-        out = torch.empty((len(tensors), *first.shape), dtype=tensors.copy_dtype(0), device=first.device)
-        for i in range(len(tensors)):
-            out[i] = tensors.stored(i)
-        return out
-    first = tensors[0]
-    out = torch.empty((len(tensors), *first.shape), dtype=first.dtype, device=first.device)
+        row, dtype = tensors.stored, tensors.copy_dtype(0)
+    else:
+        row, dtype = tensors.__getitem__, None
+    first = row(0)
+    out = torch.empty((len(tensors), *first.shape), dtype=dtype or first.dtype, device=first.device)
     out[0] = first
     for i in range(1, len(tensors)):
-        out[i] = tensors[i]
+        out[i] = row(i)
     return out
