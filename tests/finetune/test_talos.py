@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.talos_calibration_speed import loop_scores
 from mergekit_het.finetune.optim import MaskedAdamW
 from mergekit_het.finetune.talos import (
     calibrate_masks,
@@ -11,7 +12,6 @@ from mergekit_het.finetune.talos import (
     prunable_parameters,
     prune_step,
     sensitivity_scores,
-    task_logits,
 )
 
 
@@ -114,27 +114,6 @@ def test_masked_adamw_frozen_entries_bit_identical_after_many_steps():
     assert bool((delta[mask] != 0).all())
 
 
-def _loop_scores(model, params, batches, generator, samples=1):
-    """The per-example autograd loop TaLoS calibration used before `torch.func` (the reference)."""
-    model.eval()
-    scores = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    ys = []
-    for _, batch in batches:
-        for i in range(batch["input_ids"].shape[0]):
-            n = int(batch["attention_mask"][i].sum())
-            one = {k: v[i : i + 1, :n] for k, v in batch.items()}
-            logits = task_logits(model, one)[0]
-            probs = torch.softmax(logits.detach().double(), dim=-1)
-            for r in range(samples):
-                y = int(torch.multinomial(probs, 1, generator=generator))
-                ys.append(y)
-                grads = torch.autograd.grad(logits[y], list(params.values()), retain_graph=r + 1 < samples, allow_unused=True)
-                for name, g in zip(params, grads):
-                    if g is not None:
-                        scores[name] += g.double().square()
-    return scores, ys
-
-
 def _tiny(kind, tmp_path):
     import sys
     from pathlib import Path
@@ -161,7 +140,7 @@ def test_vectorized_scores_match_the_per_example_loop_and_masks_identical(kind, 
 
     model, batches = _tiny(kind, tmp_path)
     params = prunable_parameters(model)
-    ref, ys_ref = _loop_scores(model, params, batches, torch.Generator().manual_seed(3), samples=2)
+    ref, ys_ref = loop_scores(model, params, batches, torch.Generator().manual_seed(3), samples=2)  # the per-example autograd loop
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # vmap's fallback note for SDPA on CPU
         got, ys = sensitivity_scores(model, params, batches, torch.Generator().manual_seed(3), samples=2, chunk=3)
