@@ -121,11 +121,17 @@ def _fuzz_cases(examples: int) -> tuple[dict, Callable[[], None]]:
         return lambda: (test(), worst[0])[1]
 
     def index(value) -> None:
-        fmt.test_fuzz_read_index_only_tensor_error.hypothesis.inner_test(Factory(), value)
+        with tempfile.TemporaryDirectory(prefix="idx") as folder:
+            fmt.test_fuzz_read_index_only_tensor_error.hypothesis.inner_test(OneFolder(Path(folder)), value)
 
-    class Factory:
+    class OneFolder:
+        """The `tmp_path_factory` the fuzz test asks for: one folder per example, removed after it."""
+
+        def __init__(self, path: Path):
+            self.path = path
+
         def mktemp(self, name: str) -> Path:
-            return Path(tempfile.mkdtemp(prefix=name))
+            return self.path
 
     def warm() -> None:
         fmt._check_one(fmt.file_bytes({"a": fmt.T}, bytes(8)))
