@@ -63,8 +63,7 @@ def regmean_solve(weights: list[Tensor], grams: list[Tensor]) -> Tensor:
     """W* with W*ᵀ = (Σᵢ Gᵢ)⁻¹ Σᵢ Gᵢ Wᵢᵀ for nn.Linear weights Wᵢ (out × in) and Grams Gᵢ
     (in × in): the minimiser of Σᵢ ‖X_i W ᵀ − X_i Wᵢᵀ‖² when Gᵢ = XᵢᵀXᵢ. Solved with
     `torch.linalg.solve` (the official code multiplies by `torch.inverse`: the same minimiser,
-    less round-off); a singular Σ Gᵢ (input dimensions no example uses) is an error: use
-    `reduce_nondiag` < 1."""
+    less round-off); a singular Σ Gᵢ is an error: use `reduce_nondiag` < 1."""
     total = grams[0].clone()
     rhs = grams[0] @ weights[0].T
     for g, w in zip(grams[1:], weights[1:]):
@@ -72,7 +71,7 @@ def regmean_solve(weights: list[Tensor], grams: list[Tensor]) -> Tensor:
         rhs.addmm_(g, w.T)
     solution, info = torch.linalg.solve_ex(total, rhs)
     if int(info.max()) > 0:
-        raise ValueError("the summed Gram matrix is singular (inputs that never vary); set reduce_nondiag below 1")
+        raise ValueError("the summed Gram matrix is singular (linearly dependent inputs); set reduce_nondiag below 1")
     return solution.T.contiguous()
 
 
@@ -84,7 +83,10 @@ def regmean(base: None, tensors: list[Tensor], *, weight: PerModel = 1.0, reduce
     the raw sum, `gram: sum`, which with least-squares experts gives the pooled least-squares
     fit); every other tensor (biases, norms, embeddings, weights without Grams) Σᵢ cᵢθᵢ.
     `reduce_nondiag` α scales the Grams' off-diagonal entries (official default 1 = off; its
-    configs use 0.1 for RoBERTa/T5/DeBERTa, FusionBench 0.95 for CLIP)."""
+    configs use 0.1 for RoBERTa/T5/DeBERTa, FusionBench 0.95 for CLIP). An input dimension that
+    is 0 in every example of every model (a zero row and column of every Gᵢ; e.g. MiniLM's
+    pooler sees two such features of the [CLS] state) leaves its weight column free: it gets
+    Σᵢ cᵢ Wᵢ[:, j], the other columns are unchanged (the official `torch.inverse` fails there)."""
     coeffs = _coefficients(weight)
     grams = _statistics(stats, "gram", len(tensors))
     if grams is None:
@@ -98,6 +100,10 @@ def regmean(base: None, tensors: list[Tensor], *, weight: PerModel = 1.0, reduce
     for i, g in enumerate(grams):
         factor = len(weights) * coeffs[i] / (float(rows[i]) if rows else 1.0)
         scaled.append(reduce_non_diagonal(g.mul_(factor) if factor != 1 else g, reduce_nondiag))
+    unused = torch.stack([g.diagonal() for g in scaled]).sum(0) == 0
+    if unused.any():  # input dimensions that are 0 in every example of every model
+        for i, g in enumerate(scaled):
+            g.diagonal()[unused] = len(weights) * coeffs[i]
     return regmean_solve(weights, scaled)
 
 

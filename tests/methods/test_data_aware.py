@@ -77,7 +77,22 @@ def test_regmean_without_grams_averages_and_partial_grams_refused():
 
 def test_regmean_singular_gram_sum_is_an_error():
     with pytest.raises(ValueError, match="reduce_nondiag"):
-        regmean([torch.ones(2, 2)], [torch.zeros(2, 2)])
+        regmean([torch.ones(2, 2)], [torch.ones(2, 2)])  # two identical inputs: singular, no zero diagonal
+
+
+def test_regmean_input_no_example_uses_takes_the_weighted_mean_column():
+    # input 1 is 0 in every example of both models: its column is the weighted mean, the others
+    # are RegMean over the remaining inputs
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randn(9, 3, generator=gen, dtype=torch.float64) for _ in range(2)]
+    for x in xs:
+        x[:, 1] = 0
+    ws = [torch.randn(2, 3, generator=gen, dtype=torch.float64) for _ in range(2)]
+    out = regmean(ws, [x.T @ x for x in xs], weight=[1.0, 3.0], gram="sum")
+    torch.testing.assert_close(out[:, 1], 0.25 * ws[0][:, 1] + 0.75 * ws[1][:, 1], rtol=1e-12, atol=1e-12)
+    keep = [0, 2]
+    reduced = regmean([w[:, keep] for w in ws], [x[:, keep].T @ x[:, keep] for x in xs], weight=[1.0, 3.0], gram="sum")
+    torch.testing.assert_close(out[:, keep], reduced, rtol=1e-12, atol=1e-12)
 
 
 def test_fisher_equal_fishers_give_the_mean():
@@ -137,4 +152,4 @@ def test_missing_statistics_one_line_error():
         merge_state_dicts("regmean", [{"p": torch.ones(2)}])
     with pytest.raises(TensorError, match="lin.weight: regmean failed"):
         merge_state_dicts("regmean", [{"lin.weight": torch.ones(2, 2)}],
-                          statistics=[{"lin.weight.gram": torch.zeros(2, 2), "lin.weight.gram_rows": torch.tensor(1)}])  # fmt: skip
+                          statistics=[{"lin.weight.gram": torch.ones(2, 2), "lin.weight.gram_rows": torch.tensor(1)}])  # fmt: skip

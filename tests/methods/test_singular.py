@@ -7,7 +7,42 @@ from mergekit_het.errors import ConfigError
 from mergekit_het.merge.binder import bind_parameters
 from mergekit_het.merge.engine import merge_state_dicts
 from mergekit_het.methods import get_method
-from mergekit_het.methods.singular import iso_c_matrix, iso_cts_matrix, iso_cts_split, tsv_matrix
+from mergekit_het.methods import singular
+from mergekit_het.methods.singular import gram_svd, iso_c_matrix, iso_cts_matrix, iso_cts_split, polar, tsv_matrix
+
+
+@pytest.fixture(autouse=True, params=["lapack", "gram"])
+def svd_route(request, monkeypatch):
+    """Every case twice: with the CPU's LAPACK SVD and with the GPU's route (`gram_svd`) on the CPU."""
+    if request.param == "gram":
+        monkeypatch.setattr(singular, "thin_svd", gram_svd)
+    return request.param
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (70, 24), (24, 70), (1, 9)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_svd_equals_lapack_svd(shape, dtype):
+    g = torch.Generator().manual_seed(1)
+    m = (torch.randn(shape, generator=g, dtype=torch.float64) * torch.logspace(0, -3, shape[1], dtype=torch.float64)).to(dtype)
+    u, s, vh = gram_svd(m)
+    ref_s = torch.linalg.svdvals(m.double())
+    tol = 2e-7 if dtype == torch.float32 else 1e-13
+    assert (s.double() - ref_s).abs().max() <= 4 * tol * ref_s[0]
+    assert ((u * s) @ vh - m).abs().max() <= 8 * tol * m.abs().max()
+    k = min(shape)
+    assert (u.T @ u - torch.eye(k, dtype=dtype)).abs().max() <= 10 * tol * (ref_s[0] / ref_s[-1])
+    ref_u, _, ref_vh = torch.linalg.svd(m.double(), full_matrices=False)
+    assert (polar(m).double() - ref_u @ ref_vh).abs().max() <= 20 * tol * (ref_s[0] / ref_s[-1])
+
+
+def test_gram_svd_null_space_directions_are_zero():
+    # rank 2 of 3: the third direction has no determined U, V; gram_svd leaves it 0, the nonzero
+    # part of the polar factor is the SVD's
+    m = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    u, s, vh = gram_svd(m)
+    assert torch.equal(s, torch.tensor([3.0, 2.0, 0.0], dtype=torch.float64))
+    assert torch.equal(u[:, 2], torch.zeros(4, dtype=torch.float64)) and torch.equal(vh[2], torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(u @ vh, torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=torch.float64))
 
 
 def run(name, base, tensors, **params):
