@@ -2,7 +2,7 @@
 mergekit-het: wall time and peak RSS side by side, and the outputs compared tensor by tensor.
 
     python bench/make_checkpoints.py --preset 1b --experts 2 --dtype bfloat16 --out /tmp/ck1b
-    python bench/frankenmerge_memory.py --checkpoints /tmp/ck1b --threads 2
+    python bench/frankenmerge_memory.py --checkpoints /tmp/ck1b --threads 2 --repeat 3
 
 Two configs over expert1 and expert2 of the checkpoint folder (`bench/make_checkpoints.py`):
 "32 layers" stacks layers 0-16 of expert1 then 6-22 of expert2 (the common community recipe:
@@ -19,6 +19,7 @@ import argparse
 import json
 import shlex
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--het-cmd", default=f"{shlex.quote(sys.executable)} -m mergekit_het.cli", help="mergekit-het command")
     ap.add_argument("--threads", type=int, default=2, help="threads for both tools (default 2)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/frankenmerge_memory"), help="configs, outputs, logs")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per tool and stack, the order alternating; the median wall time and the largest peak RSS are reported (default 1)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     spec = json.loads((args.checkpoints / "spec.json").read_text())
@@ -68,20 +70,27 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(yaml.safe_dump(stack_config(args.checkpoints, ranges, dtype), sort_keys=False))
         outs = {k: args.work / f"stack{i}-{k}" for k in tools}
         row = {"stack": label, "ranges": ranges}
-        for key in list(tools) if i % 2 == 0 else list(tools)[::-1]:
-            shutil.rmtree(outs[key], ignore_errors=True)
-            m = run_measured(tools[key](config, outs[key]), args.work / f"stack{i}-{key}.log", env=child_env(), cwd=REPO)
-            if m.returncode != 0:
-                print(f"{label}: {key} failed (exit {m.returncode}), log {args.work / f'stack{i}-{key}.log'}")
-                return 1
-            row[key] = {"wall_s": m.wall_s, "peak_rss_gib": m.peak_rss_bytes / GiB, "anon_rss_gib": m.anon_rss_bytes / GiB}
-            print(f"{label} {key}: {m.wall_s:.1f} s, peak RSS {m.peak_rss_bytes / GiB:.2f} GiB", file=sys.stderr, flush=True)
+        runs: dict[str, list] = {k: [] for k in tools}
+        for rep in range(args.repeat):
+            for key in list(tools) if (i + rep) % 2 == 0 else list(tools)[::-1]:
+                shutil.rmtree(outs[key], ignore_errors=True)
+                m = run_measured(tools[key](config, outs[key]), args.work / f"stack{i}-{key}.log", env=child_env(), cwd=REPO)
+                if m.returncode != 0:
+                    print(f"{label}: {key} failed (exit {m.returncode}), log {args.work / f'stack{i}-{key}.log'}")
+                    return 1
+                runs[key].append(m)
+                print(f"{label} {key}: {m.wall_s:.1f} s, peak RSS {m.peak_rss_bytes / GiB:.2f} GiB", file=sys.stderr, flush=True)
+        for key, ms in runs.items():
+            row[key] = {"wall_s": statistics.median(m.wall_s for m in ms), "walls_s": [round(m.wall_s, 2) for m in ms],
+                        "peak_rss_gib": max(m.peak_rss_bytes for m in ms) / GiB,
+                        "anon_rss_gib": max(m.anon_rss_bytes for m in ms) / GiB}  # fmt: skip
         diff = compare_outputs(outs["mergekit"], outs["mergekit-het"])
         row |= {"tensors": diff.tensors, "differing": diff.differing, "problems": diff.problems[:3]}
         rows.append(row)
         for out in outs.values():
             shutil.rmtree(out, ignore_errors=True)
-    print(f"passthrough frankenmerge of 2 x {layers}-layer {dtype} checkpoints ({args.checkpoints}), {args.threads} threads\n")
+    print(f"passthrough frankenmerge of 2 x {layers}-layer {dtype} checkpoints ({args.checkpoints}), {args.threads} threads, "
+          f"median of {args.repeat}\n")
     print("| stack | tensors | mergekit wall | mergekit-het wall | ratio | mergekit peak RSS | mergekit-het peak RSS (anon) | ratio | outputs |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:

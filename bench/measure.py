@@ -134,7 +134,11 @@ def child_env() -> dict[str, str]:
 
 def run_measured(cmd: list[str], log: Path, *, env: dict[str, str] | None = None,
                  cwd: Path | None = None, gpu: _Gpu | None = None, interval: float = 0.05) -> Measurement:
-    """Run `cmd` (stdout+stderr to `log`) in a fresh child and measure it."""
+    """Run `cmd` (stdout+stderr to `log`) in a fresh child and measure it. The timer starts
+    after `os.sync()`: what earlier runs left in the page cache unwritten (a tool that does not
+    fsync its output leaves gigabytes) is flushed first, so the disk's writeback of one run's
+    output is charged to neither that run nor the next."""
+    os.sync()
     gpu_before = gpu.used() if gpu is not None else 0
     log.parent.mkdir(parents=True, exist_ok=True)
     maxrss_file = log.with_suffix(".maxrss")

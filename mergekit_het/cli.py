@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"mergekit_het.commands.{name}")
         p = module.add_parser(sub)
         add_common_options(p)
-        p.set_defaults(_run=module.run, _parser=p)
+        p.set_defaults(_run=module.run, _parser=p, _omp_wait=getattr(module, "OMP_WAIT_POLICY", None))
     return parser
 
 
@@ -117,6 +117,8 @@ _STOPPED = "no unfinished output was left (a fine-tuning or federated run keeps 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args._omp_wait and "torch" not in sys.modules:  # read once, when torch loads its OpenMP runtime
+        os.environ.setdefault("OMP_WAIT_POLICY", args._omp_wait)
     debug = args.debug or os.environ.get("MERGEKIT_HET_DEBUG", "") not in ("", "0")
     formatter = warnings.formatwarning
     warnings.formatwarning = _one_line_warning

@@ -125,7 +125,23 @@ def test_cli_disk_full_one_line(tmp_path, models, capsys, monkeypatch):
 
     monkeypatch.setattr(os, "pwrite", full)
     rc, err = merge(tmp_path, capsys, cfg_file(tmp_path, models))
-    assert rc == 2 and err == ["error: No space left on device (errno 28)"]
+    assert rc == 2 and err == ["error: No space left on device (errno 28)"], err
+
+
+def test_cli_disk_full_in_a_later_write_one_line_nothing_left(tmp_path, models, capsys, monkeypatch):
+    # the disk fills after the first write (the direct-I/O probe): the same one line, no staging left
+    real, calls = os.pwrite, []
+
+    def fills(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "pwrite", fills)
+    rc, err = merge(tmp_path, capsys, cfg_file(tmp_path, models))
+    assert rc == 2 and err == ["error: No space left on device (errno 28)"], err
+    assert len(calls) > 1 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_cli_read_only_output_folder_one_line(tmp_path, models, capsys, monkeypatch):

@@ -38,6 +38,12 @@ COMPAT: Compat = [
 _QUIET_NO_OPS = ["--no-cuda", "--no-lazy-unpickle", "--no-low-cpu-memory", "--no-read-to-gpu", "--no-multi-gpu",
                  "--no-async-write", "--no-clone-tensors", "--safe-serialization", "--no-trust-remote-code", "--no-allow-crimes"]  # fmt: skip
 
+OMP_WAIT_POLICY = "PASSIVE"
+"""Idle OpenMP threads sleep instead of spinning, unless the environment says otherwise: the
+engine's reader and writer threads need the cores that spinning threads burn (a 1.1B passthrough
+stack on 2 cores: 3.8 instead of 5.5-6.4 s of user CPU, 4.3-4.5 instead of 4.5-5.2 s; a TIES
+merge of 4 × 70M bf16: 3.96-5.38 s passive, 4.65-5.15 s spinning)."""
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="merge models described by a mergekit YAML config",

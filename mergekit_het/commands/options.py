@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from ..io.sizes import parse_size
 
 
 def positive_int(text: str) -> int:
@@ -29,8 +30,6 @@ def _int_at_least(text: str, low: int) -> int:
 
 def byte_size(text: str) -> str:
     """A size such as 5GB, 500MB, 2GiB or a byte count, above 0 (kept as text for the engine)."""
-    from ..io.writer import parse_size
-
     try:
         ok = parse_size(text) > 0
     except (ConfigError, ValueError, OverflowError):
@@ -53,8 +52,6 @@ def device_name(text: str) -> str:
 def shard_size(text: str) -> int:
     """mergekit's `--out-shard-size`: bytes, with K/M/B meaning ×10³/10⁶/10⁹ (`5B` = 5 GB);
     our sizes (5GB, 500MiB) are accepted too."""
-    from ..io.writer import parse_size
-
     factors = {"K": 10**3, "M": 10**6, "B": 10**9}
     s = text.strip().upper()
     try:

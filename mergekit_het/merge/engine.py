@@ -32,7 +32,8 @@ from ..io.pieces import Key, Pieces, Reader
 from ..io.resolve import check_reference, local_folder, open_model
 from ..io.statistics import open_statistics
 from ..io.sources import StateDictSource, TensorSource
-from ..io.writer import AsyncWrites, ShardedWriter, parse_size
+from ..io.sizes import parse_size
+from ..io.writer import AsyncWrites, ShardedWriter
 from ..methods import Float32Copies, get_method
 from ..methods.registry import WHOLE, TensorStats, as_compute_dtype
 from ..runtime.device import resolve_device
