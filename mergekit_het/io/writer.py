@@ -96,13 +96,14 @@ class ShardedWriter:
 
 _BLOCK = 4096  # O_DIRECT alignment of offsets, lengths and buffers (a multiple of every logical block size in use)
 _BOUNCE = 8 << 20
+_BUFFERS = 3  # bounce buffers: one being written, the others filled ahead
 
 
 class OutputFile:
     """One output file of a known size, written piece by piece at any offsets, each byte once.
 
     Where the system allows it (Linux, a file system that accepts O_DIRECT) the pieces go to the
-    disk directly, not through the page cache: each piece is copied into one of two aligned
+    disk directly, not through the page cache: each piece is copied into one of three aligned
     bounce buffers and written from it on a disk thread while the caller copies the next (the
     blocks pieces share, a tensor's first and last bytes and the header, are assembled in memory
     and written at once when complete; the last block is written whole and the file truncated to
@@ -118,7 +119,7 @@ class OutputFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         self._maps: list[mmap.mmap] = []
         self._buffers: list[memoryview] = []
-        self._in_flight: list[Future | None] = [None, None]
+        self._in_flight: list[Future | None] = [None] * _BUFFERS
         self._next = 0
         self._disk: ThreadPoolExecutor | None = None
         self._partial: dict[int, list] = {}  # block index -> [block bytes, bytes still missing]
@@ -138,7 +139,7 @@ class OutputFile:
             if exc.errno != errno.EINVAL:
                 raise
             return None
-        self._maps = [mmap.mmap(-1, _BOUNCE), mmap.mmap(-1, _BOUNCE), mmap.mmap(-1, _BLOCK)]  # page-aligned
+        self._maps = [*(mmap.mmap(-1, _BOUNCE) for _ in range(_BUFFERS)), mmap.mmap(-1, _BLOCK)]  # page-aligned
         self._buffers = [memoryview(m) for m in self._maps]
         try:
             os.pwrite(fd, self._buffers[0][:_BLOCK], 0)  # zeros; the header overwrites them
@@ -173,7 +174,7 @@ class OutputFile:
     def _write_behind(self, data: memoryview, offset: int) -> None:
         """Copy aligned `data` (at most one buffer) into the next free bounce buffer and have the
         disk thread write it."""
-        i, self._next = self._next, self._next ^ 1
+        i, self._next = self._next, (self._next + 1) % _BUFFERS
         if self._in_flight[i] is not None:
             self._in_flight[i].result()
         buf = self._buffers[i]
@@ -192,13 +193,13 @@ class OutputFile:
             entry[1] -= n
             if entry[1] == 0:  # written at once from its own buffer: no wait for a bounce buffer's write
                 del self._partial[b]
-                self._buffers[2][:] = entry[0]
-                _write_all(self.fd, self._buffers[2], b * _BLOCK)
+                self._buffers[-1][:] = entry[0]
+                _write_all(self.fd, self._buffers[-1], b * _BLOCK)
             data, offset = data[n:], offset + n
 
     def flush(self) -> None:
         """Wait for the writes in flight; then raise the first failed one's error, if any."""
-        pending, self._in_flight = self._in_flight, [None, None]
+        pending, self._in_flight = self._in_flight, [None] * _BUFFERS
         errors = [f.exception() for f in pending if f is not None]
         failed = [e for e in errors if e is not None]
         if failed:
@@ -220,7 +221,7 @@ class OutputFile:
         try:
             if self.direct:
                 self._disk.shutdown(wait=True)  # failed writes were raised by pwrite or flush, or are moot
-                self._in_flight = [None, None]
+                self._in_flight = [None] * _BUFFERS
                 os.ftruncate(self.fd, self.size)  # the last block was written whole
         finally:
             self._release()
