@@ -10,11 +10,13 @@ bug: one line, exit 1. `--debug` (or MERGEKIT_HET_DEBUG=1) shows the traceback i
 from __future__ import annotations
 
 import argparse
+import atexit
 import difflib
 import importlib
 import os
 import re
 import sys
+import threading
 import warnings
 from typing import NoReturn
 
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"mergekit_het.commands.{name}")
         p = module.add_parser(sub)
         add_common_options(p)
-        p.set_defaults(_run=module.run, _parser=p, _omp_wait=getattr(module, "OMP_WAIT_POLICY", None))
+        p.set_defaults(_run=module.run, _parser=p, _omp_wait=getattr(module, "OMP_WAIT_POLICY", None),
+                       _quick_exit=getattr(module, "QUICK_EXIT", False))  # fmt: skip
     return parser
 
 
@@ -116,7 +119,27 @@ _STOPPED = "no unfinished output was left (a fine-tuning or federated run keeps 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Run the command line `argv` (default: sys.argv[1:]); its exit code."""
+    return _execute(parse_args(argv))
+
+
+def entry() -> NoReturn:
+    """The console script: `main` in a process of its own. After a command that declares
+    `QUICK_EXIT` (merge), once the atexit handlers have run and stdout/stderr are flushed (every
+    file it wrote is closed by then), the process exits without the interpreter's teardown of
+    every module: torch's takes 0.3-0.7 s, a tenth of a 1.1B passthrough stack's merge."""
+    args = parse_args(None)
+    rc = _execute(args)
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if args._quick_exit and all(t.daemon for t in others):
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
+def _execute(args: argparse.Namespace) -> int:
     if args._omp_wait and "torch" not in sys.modules:  # read once, when torch loads its OpenMP runtime
         os.environ.setdefault("OMP_WAIT_POLICY", args._omp_wait)
     debug = args.debug or os.environ.get("MERGEKIT_HET_DEBUG", "") not in ("", "0")
@@ -154,4 +177,4 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

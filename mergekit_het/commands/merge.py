@@ -43,6 +43,7 @@ OMP_WAIT_POLICY = "PASSIVE"
 engine's reader and writer threads need the cores that spinning threads burn (a 1.1B passthrough
 stack on 2 cores: 3.8 instead of 5.5-6.4 s of user CPU, 4.3-4.5 instead of 4.5-5.2 s; a TIES
 merge of 4 × 70M bf16: 3.96-5.38 s passive, 4.65-5.15 s spinning)."""
+QUICK_EXIT = True  # the console script skips the interpreter's teardown after a merge (cli.entry)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
