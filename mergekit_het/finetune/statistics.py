@@ -24,7 +24,7 @@ from torch import nn
 from ..data.tasks import TaskSpec, load_split, num_labels_of
 from ..errors import ConfigError
 from ..io.statistics import STATS_FILE, save
-from .talos import HEAD_NAMES, length_groups, per_example_grads, per_example_logits, task_logits
+from .talos import HEAD_NAMES, per_example_grads, per_example_logits, pooled_length_groups, task_logits
 
 
 @contextmanager
@@ -85,18 +85,18 @@ def fisher_statistics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
     count = 0
     was_training = model.training
     model.eval()
-    for batch in batches:
-        for n, (_, inputs) in length_groups(batch).items():
-            probs = torch.softmax(per_example_logits(model, params, n, inputs, logits_fn).float(), dim=-1)
-            for s0 in range(0, len(probs), chunk):
-                part = {k: v[s0 : s0 + chunk] for k, v in inputs.items()}
-                p = probs[s0 : s0 + chunk]
-                for y in range(p.shape[1]):
-                    labels = torch.full((len(p),), y, dtype=torch.long, device=p.device)
-                    grads = per_example_grads(model, params, n, part, labels, _log_prob_of, logits_fn)
-                    for name, g in grads.items():
-                        sums[name] += torch.einsum("b,b...->...", p[:, y], g.float().square())
-            count += len(probs)
+    indexed = [(torch.arange(len(b["attention_mask"])), b) for b in batches]  # the indices are not used
+    for n, (_, inputs) in pooled_length_groups(indexed).items():
+        probs = torch.softmax(per_example_logits(model, params, n, inputs, logits_fn).float(), dim=-1)
+        for s0 in range(0, len(probs), chunk):
+            part = {k: v[s0 : s0 + chunk] for k, v in inputs.items()}
+            p = probs[s0 : s0 + chunk]
+            for y in range(p.shape[1]):
+                labels = torch.full((len(p),), y, dtype=torch.long, device=p.device)
+                grads = per_example_grads(model, params, n, part, labels, _log_prob_of, logits_fn)
+                for name, g in grads.items():
+                    sums[name] += torch.einsum("b,b...->...", p[:, y], g.float().square())
+        count += len(probs)
     model.train(was_training)
     out = {f"{n}.fisher": f.cpu() for n, f in sums.items()}
     out["fisher_examples"] = torch.tensor(count, dtype=torch.int64)

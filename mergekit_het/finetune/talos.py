@@ -84,6 +84,20 @@ def length_groups(batch: dict[str, torch.Tensor]) -> dict[int, tuple[torch.Tenso
     return groups
 
 
+def pooled_length_groups(batches: list) -> dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """The examples of all (global indices, batch) pairs grouped by real length n across the
+    batches: {n: (their global indices, their inputs cut to n tokens)}. One vmap per length over
+    the whole calibration set instead of one per length and batch: with lengths that vary, a
+    batch of 64 holds ~30 lengths, and each vmap call costs about one example's backward pass in
+    launch and tracing overhead, so per-batch groups were no faster than a per-example loop."""
+    parts: dict[int, list] = {}
+    for idx, batch in batches:
+        for n, (rows, inputs) in length_groups(batch).items():
+            parts.setdefault(n, []).append((idx[rows], inputs))
+    return {n: (torch.cat([i for i, _ in got]), {k: torch.cat([x[k] for _, x in got]) for k in got[0][1]})
+            for n, got in sorted(parts.items())}  # fmt: skip
+
+
 def per_example_grads(
     model: nn.Module,
     params: dict[str, nn.Parameter],
@@ -132,10 +146,9 @@ def all_logits(model: nn.Module, params: dict[str, nn.Parameter], batches: list,
     by index. With several processes each scores its shard and `reduce` (a sum across them) gives
     every process all N = `examples` rows; `held` marks the indices some process holds."""
     rows: dict[int, torch.Tensor] = {}
-    for idx, batch in batches:
-        for n, (r, inputs) in length_groups(batch).items():
-            got = per_example_logits(model, params, n, inputs, logits_fn).double().cpu()
-            rows.update(zip(idx[r].tolist(), got))
+    for n, (idx, inputs) in pooled_length_groups(batches).items():
+        got = per_example_logits(model, params, n, inputs, logits_fn).double().cpu()
+        rows.update(zip(idx.tolist(), got))
     if not rows:
         raise ConfigError("TaLoS calibration: a process holds no calibration example; talos.max_examples (or the "
                           "calibration split) must have at least one example per process")
@@ -171,8 +184,9 @@ def sensitivity_scores(
     labels per example drawn on CPU with `generator` from softmax of its logits (float64), in
     global index order over all N examples, so the draws are those of one process over the
     pooled data whatever the sharding or batching (and on any device); then the gradients of the
-    sampled logits of this process's examples, grouped by length, `chunk` (example, label) pairs
-    at a time (`per_example_grads`), squared and summed in float64 (squares of float32 values are
+    sampled logits of this process's examples, grouped by length across its batches
+    (`pooled_length_groups`), `chunk` (example, label) pairs at a time (`per_example_grads`),
+    squared and summed in float64 (squares of float32 values are
     exact there). Equal to a per-example autograd loop up to float32 round-off of the gradients
     (batched kernels; tests/finetune/test_talos.py). The caller sums the scores across processes."""
     was_training = model.training
@@ -184,15 +198,18 @@ def sensitivity_scores(
     for i in held.nonzero().flatten().tolist():
         labels[i] = torch.tensor([int(torch.multinomial(probs[i], 1, generator=generator)) for _ in range(samples)])
     scores = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    for idx, batch in tqdm(batches, desc="talos scores", disable=not progress, leave=False):
-        for n, (rows, inputs) in length_groups(batch).items():
+    groups = pooled_length_groups(batches)
+    with tqdm(total=sum(len(i) for i, _ in groups.values()) * samples, unit="example", desc="talos scores",
+              disable=not progress, leave=False) as bar:  # fmt: skip
+        for n, (idx, inputs) in groups.items():
             for r in range(samples):
-                y = labels[idx[rows], r].to(batch["input_ids"].device)
-                for s0 in range(0, len(rows), chunk):
+                y = labels[idx, r].to(inputs["input_ids"].device)
+                for s0 in range(0, len(idx), chunk):
                     part = {k: v[s0 : s0 + chunk] for k, v in inputs.items()}
                     grads = per_example_grads(model, params, n, part, y[s0 : s0 + chunk], _logit_of, logits_fn)
                     for name, g in grads.items():
                         scores[name] += g.double().square().sum(0)
+                    bar.update(len(part["input_ids"]))
     model.train(was_training)
     return scores, labels[held].flatten().tolist()
 
