@@ -48,19 +48,24 @@ class ShardedWriter:
         )
         self._where: dict[str, tuple[OutputFile, int, int]] = {}  # name -> (file, offset, nbytes)
         self._files: list[OutputFile] = []
+        self._behind = WriteBehind() if getattr(os, "O_DIRECT", 0) else None
         self._left: dict[str, int] = {}
         self.bytes_written = 0
-        for filename, names in split.filename_to_tensors.items():
-            layout = [(n, *by_name[n]) for n in names]
-            header, offsets, size = build_header(layout, {"format": "pt", **(metadata or {})})
-            file = OutputFile(folder / filename, size)
-            self._files.append(file)
-            file.pwrite(memoryview(header), 0)
-            for n in names:
-                dtype, shape = by_name[n]
-                nbytes = _nbytes(dtype, shape)
-                self._where[n] = (file, offsets[n], nbytes)
-                self._left[n] = nbytes  # bytes not written yet
+        try:
+            for filename, names in split.filename_to_tensors.items():
+                layout = [(n, *by_name[n]) for n in names]
+                header, offsets, size = build_header(layout, {"format": "pt", **(metadata or {})})
+                file = OutputFile(folder / filename, size, self._behind)
+                self._files.append(file)
+                file.pwrite(memoryview(header), 0)
+                for n in names:
+                    dtype, shape = by_name[n]
+                    nbytes = _nbytes(dtype, shape)
+                    self._where[n] = (file, offsets[n], nbytes)
+                    self._left[n] = nbytes  # bytes not written yet
+        except BaseException:
+            self.close()
+            raise
         if split.is_sharded:
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
             (folder / SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -81,14 +86,18 @@ class ShardedWriter:
         self.bytes_written += len(view)
 
     def close(self) -> None:
-        for file in self._files:
-            file.close()
-        self._files.clear()
+        try:
+            if self._behind is not None:
+                self._behind.close()
+        finally:
+            for file in self._files:
+                file.close()
+            self._files.clear()
 
     def finish(self) -> None:
         """Wait for the writes in flight, then check that every tensor of the layout was written."""
-        for file in self._files:
-            file.flush()
+        if self._behind is not None:
+            self._behind.flush()
         pending = sorted(n for n, left in self._left.items() if left)
         if pending:
             raise TensorError(f"output incomplete: {len(pending)} tensor(s) not fully written, e.g. {pending[0]}")
@@ -99,37 +108,76 @@ _BOUNCE = 8 << 20
 _BUFFERS = 3  # bounce buffers: one being written, the others filled ahead
 
 
+class WriteBehind:
+    """The aligned buffers and the disk thread of direct writes, shared by every file of one
+    output (its memory, 3 × 8 MiB + 4 KiB, does not grow with the number of shards): a piece is
+    copied into the next free bounce buffer and written from it on the disk thread while the
+    caller copies the next. A failed write is raised by a later `submit` or by `flush`."""
+
+    def __init__(self):
+        self._maps = [*(mmap.mmap(-1, _BOUNCE) for _ in range(_BUFFERS)), mmap.mmap(-1, _BLOCK)]  # page-aligned
+        self._buffers = [memoryview(m) for m in self._maps]
+        self.block = self._buffers[-1]  # for blocks written at once, on the caller's thread
+        self._in_flight: list[Future | None] = [None] * _BUFFERS
+        self._next = 0
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="disk")
+
+    def submit(self, fd: int, data: memoryview, offset: int) -> None:
+        """Write aligned `data` (at most one buffer) at `offset` of `fd`, behind."""
+        i, self._next = self._next, (self._next + 1) % _BUFFERS
+        if self._in_flight[i] is not None:
+            self._in_flight[i].result()
+        buf = self._buffers[i]
+        buf[: len(data)] = data
+        self._in_flight[i] = self._disk.submit(_write_all, fd, buf[: len(data)], offset)
+
+    def flush(self) -> None:
+        """Wait for the writes in flight; then raise the first failed one's error, if any."""
+        pending, self._in_flight = self._in_flight, [None] * _BUFFERS
+        errors = [f.exception() for f in pending if f is not None]
+        failed = [e for e in errors if e is not None]
+        if failed:
+            raise failed[0]
+
+    def close(self) -> None:
+        """Wait for the writes in flight (their errors were raised by `submit` or `flush`, or are
+        moot) and free the buffers."""
+        self._disk.shutdown(wait=True)
+        self._in_flight = [None] * _BUFFERS
+        for buf in self._buffers:
+            buf.release()
+        for m in self._maps:
+            try:
+                m.close()
+            except BufferError:  # a slice still referenced by a failed write's traceback: unmapped with it
+                pass
+
+
 class OutputFile:
     """One output file of a known size, written piece by piece at any offsets, each byte once.
 
-    Where the system allows it (Linux, a file system that accepts O_DIRECT) the pieces go to the
-    disk directly, not through the page cache: each piece is copied into one of three aligned
-    bounce buffers and written from it on a disk thread while the caller copies the next (the
-    blocks pieces share, a tensor's first and last bytes and the header, are assembled in memory
-    and written at once when complete; the last block is written whole and the file truncated to
-    its size on close). Why: buffered writes of a 3 GB output ran at 0.8-0.95 GB/s on the machines measured
-    (the kernel reclaims a page of cache for every page written) and the fsync before the output
-    is published then took 1.2 s more; direct writes ran at 1.5 GB/s with nothing left to flush
-    (`dd`, ext4; `bench/frankenmerge_memory.py`). Elsewhere (tmpfs, macOS) plain `os.pwrite`.
-    A failed write is raised by a later `pwrite` or by `flush` (which a complete file needs);
-    `close` waits for the writes in flight and releases the file."""
+    Given a `WriteBehind` and where the file system accepts O_DIRECT (Linux; not tmpfs), the
+    pieces go to the disk directly, not through the page cache: their aligned part through the
+    write-behind buffers, the blocks pieces share (a tensor's first and last bytes, the header)
+    assembled in memory and written at once when complete; the last block is written whole and
+    the file truncated to its size on close. Why: buffered writes of a 3 GB output ran at
+    0.8-0.95 GB/s on the machines measured (the kernel reclaims a page of cache for every page
+    written) and the fsync before the output is published then took 1.2 s more; direct writes
+    ran at 1.4-1.9 GB/s with nothing left to flush (`dd`, ext4; `bench/frankenmerge_memory.py`).
+    Otherwise plain `os.pwrite`."""
 
-    def __init__(self, path: Path, size: int):
+    def __init__(self, path: Path, size: int, behind: WriteBehind | None = None):
         self.size = size
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        self._maps: list[mmap.mmap] = []
-        self._buffers: list[memoryview] = []
-        self._in_flight: list[Future | None] = [None] * _BUFFERS
-        self._next = 0
-        self._disk: ThreadPoolExecutor | None = None
         self._partial: dict[int, list] = {}  # block index -> [block bytes, bytes still missing]
-        self.fd = self._open_direct(path, flags)
+        self._behind = None
+        self.fd = self._open_direct(path, flags, behind) if behind is not None else None
         if self.fd is None:
             self.fd = os.open(path, flags, 0o644)
         os.ftruncate(self.fd, size)
 
-    def _open_direct(self, path: Path, flags: int) -> int | None:
-        """An O_DIRECT descriptor that took one aligned write (and its bounce buffers), or None."""
+    def _open_direct(self, path: Path, flags: int, behind: WriteBehind) -> int | None:
+        """An O_DIRECT descriptor that took one aligned write, or None."""
         direct = getattr(os, "O_DIRECT", 0)
         if not direct:
             return None
@@ -139,22 +187,20 @@ class OutputFile:
             if exc.errno != errno.EINVAL:
                 raise
             return None
-        self._maps = [*(mmap.mmap(-1, _BOUNCE) for _ in range(_BUFFERS)), mmap.mmap(-1, _BLOCK)]  # page-aligned
-        self._buffers = [memoryview(m) for m in self._maps]
         try:
-            os.pwrite(fd, self._buffers[0][:_BLOCK], 0)  # zeros; the header overwrites them
+            behind.block[:] = bytes(_BLOCK)
+            os.pwrite(fd, behind.block, 0)  # zeros; the header overwrites them
         except OSError as exc:
             os.close(fd)
-            self._release()
             if exc.errno != errno.EINVAL:
                 raise
             return None
-        self._disk = ThreadPoolExecutor(1, thread_name_prefix="disk")
+        self._behind = behind
         return fd
 
     @property
     def direct(self) -> bool:
-        return self._disk is not None
+        return self._behind is not None
 
     def pwrite(self, data: memoryview, offset: int) -> None:
         """Write the bytes `data` at `offset` (directly: copied, written behind)."""
@@ -169,17 +215,7 @@ class OutputFile:
         self._assemble(data[: lo - offset], offset)
         self._assemble(data[hi - offset :], hi)
         for pos in range(lo, hi, _BOUNCE):
-            self._write_behind(data[pos - offset : min(hi, pos + _BOUNCE) - offset], pos)
-
-    def _write_behind(self, data: memoryview, offset: int) -> None:
-        """Copy aligned `data` (at most one buffer) into the next free bounce buffer and have the
-        disk thread write it."""
-        i, self._next = self._next, (self._next + 1) % _BUFFERS
-        if self._in_flight[i] is not None:
-            self._in_flight[i].result()
-        buf = self._buffers[i]
-        buf[: len(data)] = data
-        self._in_flight[i] = self._disk.submit(_write_all, self.fd, buf[: len(data)], offset)
+            self._behind.submit(self.fd, data[pos - offset : min(hi, pos + _BOUNCE) - offset], pos)
 
     def _assemble(self, data: memoryview, offset: int) -> None:
         """Add bytes of partly written blocks; write each block once all its bytes are there."""
@@ -191,40 +227,20 @@ class OutputFile:
                 entry = self._partial[b] = [bytearray(_BLOCK), min(_BLOCK, self.size - b * _BLOCK)]
             entry[0][start : start + n] = data[:n]
             entry[1] -= n
-            if entry[1] == 0:  # written at once from its own buffer: no wait for a bounce buffer's write
+            if entry[1] == 0:  # at once, from the block buffer: no wait for a bounce buffer
                 del self._partial[b]
-                self._buffers[-1][:] = entry[0]
-                _write_all(self.fd, self._buffers[-1], b * _BLOCK)
+                self._behind.block[:] = entry[0]
+                _write_all(self.fd, self._behind.block, b * _BLOCK)
             data, offset = data[n:], offset + n
 
-    def flush(self) -> None:
-        """Wait for the writes in flight; then raise the first failed one's error, if any."""
-        pending, self._in_flight = self._in_flight, [None] * _BUFFERS
-        errors = [f.exception() for f in pending if f is not None]
-        failed = [e for e in errors if e is not None]
-        if failed:
-            raise failed[0]
-
-    def _release(self) -> None:
-        for buf in self._buffers:
-            buf.release()
-        for m in self._maps:
-            try:
-                m.close()
-            except BufferError:  # a slice still referenced by a failed write's traceback: unmapped with it
-                pass
-        self._buffers, self._maps = [], []
-
     def close(self) -> None:
+        """Close the file (the caller flushes the `WriteBehind` first, for the writes in flight)."""
         if self.fd is None:
             return
         try:
             if self.direct:
-                self._disk.shutdown(wait=True)  # failed writes were raised by pwrite or flush, or are moot
-                self._in_flight = [None] * _BUFFERS
                 os.ftruncate(self.fd, self.size)  # the last block was written whole
         finally:
-            self._release()
             os.close(self.fd)
             self.fd = None
 
