@@ -178,3 +178,21 @@ def test_cli_warnings_print_as_one_line():
 def test_cli_huge_value_echoed_as_excerpt(tmp_path, models, capsys):
     rc, err = merge(tmp_path, capsys, cfg_file(tmp_path, models, merge_method="x" * 500_000))
     assert rc == 2 and len(err) == 1 and len(err[0]) < 1000 and "(500002 characters)" in err[0], err[0][:300]  # the value and its quotes
+
+
+def test_merge_arguments_parse_without_torch_and_the_command_sets_passive_omp(tmp_path):
+    # argument checks (sizes included) do not import torch, so `merge` can choose OpenMP's wait
+    # policy before torch loads it; a value the user set is kept
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import mergekit_het.cli as c; "
+            "a = c.parse_args(['merge', 'a.yml', 'out', '--max-shard-size', '2GB', '--out-shard-size', '1B']); "
+            "torch_loaded = 'torch' in sys.modules; "
+            "rc = c.main(['merge', 'missing.yml', 'out', '--quiet']); "
+            "print(torch_loaded, rc, os.environ.get('OMP_WAIT_POLICY'))")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = lambda extra: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,  # noqa: E731
+                                       cwd=tmp_path, env={**env, **extra}).stdout.split()  # fmt: skip
+    assert run({}) == ["False", "2", "PASSIVE"]
+    assert run({"OMP_WAIT_POLICY": "ACTIVE"}) == ["False", "2", "ACTIVE"]
