@@ -84,12 +84,17 @@ def length_groups(batch: dict[str, torch.Tensor]) -> dict[int, tuple[torch.Tenso
     return groups
 
 
-def pooled_length_groups(batches: list) -> dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+Batches = Iterable[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (global example indices, batch), as `eval_batches` yields
+LengthGroups = dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]]  # {length: (global indices, inputs)}
+
+
+def pooled_length_groups(batches: Batches) -> LengthGroups:
     """The examples of all (global indices, batch) pairs grouped by real length n across the
     batches: {n: (their global indices, their inputs cut to n tokens)}. One vmap per length over
     the whole calibration set instead of one per length and batch: with lengths that vary, a
-    batch of 64 holds ~30 lengths, and each vmap call costs about one example's backward pass in
-    launch and tracing overhead, so per-batch groups were no faster than a per-example loop."""
+    batch of 64 holds many lengths (22-26 for austen_book at 64 tokens), and each vmap call costs
+    about one example's backward pass in launch and tracing overhead, so per-batch groups were no
+    faster than a per-example loop."""
     parts: dict[int, list] = {}
     for idx, batch in batches:
         for n, (rows, inputs) in length_groups(batch).items():
@@ -133,20 +138,17 @@ def _logit_of(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return logits.gather(0, label.unsqueeze(0))[0]
 
 
-Batches = Iterable[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (global example indices, batch), as `eval_batches` yields
-
-
 def _no_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_logits(model: nn.Module, params: dict[str, nn.Parameter], batches: list, logits_fn: Callable,
+def all_logits(model: nn.Module, params: dict[str, nn.Parameter], groups: LengthGroups, logits_fn: Callable,
                examples: int | None, reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(logits (N, C) float64 on CPU, held (N,) bool): every example's logits, each computed alone,
-    by index. With several processes each scores its shard and `reduce` (a sum across them) gives
+    by index, from this process's length groups. With several processes each scores its shard and `reduce` (a sum across them) gives
     every process all N = `examples` rows; `held` marks the indices some process holds."""
     rows: dict[int, torch.Tensor] = {}
-    for n, (idx, inputs) in pooled_length_groups(batches).items():
+    for n, (idx, inputs) in groups.items():
         got = per_example_logits(model, params, n, inputs, logits_fn).double().cpu()
         rows.update(zip(idx.tolist(), got))
     if not rows:
@@ -179,26 +181,25 @@ def sensitivity_scores(
     """TaLoS scores of this process's examples (float64, one per entry of each parameter) and the
     sampled labels of all examples in index order.
 
-    Two passes over the (indices, batch) pairs. First every example's logits, each example alone
+    The (indices, batch) pairs grouped by length once (`pooled_length_groups`), then two passes
+    over the groups. First every example's logits, each example alone
     (its padding cut off; `all_logits`, shared across processes through `reduce`); then `samples`
     labels per example drawn on CPU with `generator` from softmax of its logits (float64), in
     global index order over all N examples, so the draws are those of one process over the
     pooled data whatever the sharding or batching (and on any device); then the gradients of the
-    sampled logits of this process's examples, grouped by length across its batches
-    (`pooled_length_groups`), `chunk` (example, label) pairs at a time (`per_example_grads`),
-    squared and summed in float64 (squares of float32 values are
-    exact there). Equal to a per-example autograd loop up to float32 round-off of the gradients
+    sampled logits of this process's examples, `chunk` (example, label) pairs at a time
+    (`per_example_grads`), squared and summed in float64 (squares of float32 values are exact
+    there). Equal to a per-example autograd loop up to float32 round-off of the gradients
     (batched kernels; tests/finetune/test_talos.py). The caller sums the scores across processes."""
     was_training = model.training
     model.eval()
-    batches = list(batches)
-    logits, held = all_logits(model, params, batches, logits_fn, examples, reduce)
+    groups = pooled_length_groups(batches)
+    logits, held = all_logits(model, params, groups, logits_fn, examples, reduce)
     probs = torch.softmax(logits, dim=-1)
     labels = torch.zeros(len(logits), samples, dtype=torch.long)
     for i in held.nonzero().flatten().tolist():
         labels[i] = torch.tensor([int(torch.multinomial(probs[i], 1, generator=generator)) for _ in range(samples)])
     scores = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    groups = pooled_length_groups(batches)
     with tqdm(total=sum(len(i) for i, _ in groups.values()) * samples, unit="example", desc="talos scores",
               disable=not progress, leave=False) as bar:  # fmt: skip
         for n, (idx, inputs) in groups.items():

@@ -48,7 +48,7 @@ class ShardedWriter:
         )
         self._where: dict[str, tuple[OutputFile, int, int]] = {}  # name -> (file, offset, nbytes)
         self._files: list[OutputFile] = []
-        self._behind = WriteBehind() if getattr(os, "O_DIRECT", 0) else None
+        self._behind = WriteBehind() if _O_DIRECT else None
         self._left: dict[str, int] = {}
         self.bytes_written = 0
         try:
@@ -103,6 +103,7 @@ class ShardedWriter:
             raise TensorError(f"output incomplete: {len(pending)} tensor(s) not fully written, e.g. {pending[0]}")
 
 
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0 where the system has none (macOS, Windows)
 _BLOCK = 4096  # O_DIRECT alignment of offsets, lengths and buffers (a multiple of every logical block size in use)
 _BOUNCE = 8 << 20
 _BUFFERS = 3  # bounce buffers: one being written, the others filled ahead
@@ -178,11 +179,10 @@ class OutputFile:
 
     def _open_direct(self, path: Path, flags: int, behind: WriteBehind) -> int | None:
         """An O_DIRECT descriptor that took one aligned write, or None."""
-        direct = getattr(os, "O_DIRECT", 0)
-        if not direct:
+        if not _O_DIRECT:
             return None
         try:
-            fd = os.open(path, flags | direct, 0o644)
+            fd = os.open(path, flags | _O_DIRECT, 0o644)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
