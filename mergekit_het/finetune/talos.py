@@ -65,7 +65,9 @@ def _functional(model: nn.Module, params: dict[str, nn.Parameter], logits_fn: Ca
 
     def logits(values: dict[str, torch.Tensor], example: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {**{k: v.unsqueeze(0) for k, v in example.items()}, "attention_mask": ones}
-        call = lambda **kw: functional_call(model, {**fixed, **values}, args=(), kwargs=kw)  # noqa: E731
+        # tie_weights=False: every name, tied or not, gets the tensor given (or keeps its own); the
+        # tied-weights search walks all modules on every call (~1/8 of the calibration's time)
+        call = lambda **kw: functional_call(model, {**fixed, **values}, args=(), kwargs=kw, tie_weights=False)  # noqa: E731
         return logits_fn(call, batch)[0]
 
     return logits
@@ -123,15 +125,12 @@ def per_example_grads(
     return vmap(grad(one), in_dims=(None, 0, 0))(values, inputs, labels)
 
 
-def per_example_logits(model: nn.Module, params: dict[str, nn.Parameter], length: int, inputs: dict[str, torch.Tensor],
-                       logits_fn: Callable = task_logits) -> torch.Tensor:  # fmt: skip
-    """The logits of every example of `inputs` (all of `length` real tokens), each computed alone."""
-    from torch.func import vmap
-
-    device = next(iter(inputs.values())).device
-    logits = _functional(model, params, logits_fn, length, device)
+def per_example_logits(model: nn.Module, inputs: dict[str, torch.Tensor], logits_fn: Callable = task_logits) -> torch.Tensor:
+    """The logits of every example of `inputs` (all of the same real length, no padding) as one
+    plain batch with an all-ones attention mask: each example's logits as if computed alone, since
+    nothing mixes the examples of a batch in eval mode (the batched kernels are those vmap uses)."""
     with torch.no_grad():
-        return vmap(logits, in_dims=(None, 0))({n: p.detach() for n, p in params.items()}, inputs)
+        return logits_fn(model, {**inputs, "attention_mask": torch.ones_like(inputs["input_ids"])})
 
 
 def _logit_of(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -142,14 +141,14 @@ def _no_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_logits(model: nn.Module, params: dict[str, nn.Parameter], groups: LengthGroups, logits_fn: Callable,
+def all_logits(model: nn.Module, groups: LengthGroups, logits_fn: Callable,
                examples: int | None, reduce: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(logits (N, C) float64 on CPU, held (N,) bool): every example's logits, each computed alone,
-    by index, from this process's length groups. With several processes each scores its shard and `reduce` (a sum across them) gives
+    """(logits (N, C) float64 on CPU, held (N,) bool): every example's logits, as if computed
+    alone (`per_example_logits`), by index, from this process's length groups. With several processes each scores its shard and `reduce` (a sum across them) gives
     every process all N = `examples` rows; `held` marks the indices some process holds."""
     rows: dict[int, torch.Tensor] = {}
     for n, (idx, inputs) in groups.items():
-        got = per_example_logits(model, params, n, inputs, logits_fn).double().cpu()
+        got = per_example_logits(model, inputs, logits_fn).double().cpu()
         rows.update(zip(idx.tolist(), got))
     if not rows:
         raise ConfigError("TaLoS calibration: a process holds no calibration example; talos.max_examples (or the "
@@ -194,7 +193,7 @@ def sensitivity_scores(
     was_training = model.training
     model.eval()
     groups = pooled_length_groups(batches)
-    logits, held = all_logits(model, params, groups, logits_fn, examples, reduce)
+    logits, held = all_logits(model, groups, logits_fn, examples, reduce)
     probs = torch.softmax(logits, dim=-1)
     labels = torch.zeros(len(logits), samples, dtype=torch.long)
     for i in held.nonzero().flatten().tolist():
@@ -221,7 +220,8 @@ def prune_step(
     """One calibration round: keep trainable the `keep_fraction` (of ALL entries) with the lowest
     scores among the currently trainable ones; frozen entries stay frozen (masks are nested)."""
     names = list(scores)
-    flat = torch.cat([torch.where(masks[n], scores[n], torch.inf).flatten().double().cpu() for n in names])
+    device = scores[names[0]].device  # the selection on the scores' device (exact: kthvalue returns an entry)
+    flat = torch.cat([torch.where(masks[n].to(device), scores[n], torch.inf).flatten().double() for n in names])
     n_active = int(sum(int(masks[n].sum()) for n in names))
     # + 1e-6 so that e.g. (1 - 0.9) * 1560 = 155.99999999999997 gives 156, not 155
     k = min(int(keep_fraction * flat.numel() + 1e-6), n_active - 1)
