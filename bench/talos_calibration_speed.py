@@ -14,7 +14,12 @@ recipe's own calibration, `finetune.setup.talos_masks` (validation split, the co
 its padding cut off: the calibration before the vectorized path); `vectorized_eager` is the
 package's path with the attention switched to eager for the calibration (`scoring`). A small untimed warm-up of each
 path comes first (kernel selection, allocator). Prints one line per path (seconds, ratio to the
-loop, masks equal to the loop's, trainable fraction) and writes them as JSON with `--out`.
+loop, masks equal to the loop's, the sampled labels of every round equal to the loop's, the
+first round's scores' largest difference from the loop's relative to the largest score,
+trainable fraction) and writes them as JSON with `--out`. Masks are thresholds over ~10M scores:
+float32 round-off of a batched kernel can move entries at the threshold, and later rounds score
+with the earlier rounds' masks, so equal labels and scores equal to round-off are the check
+beside the mask count.
 The issue's target: ≤ 10 s per MiniLM expert on one GPU (the loop: about 55 s).
 """
 
@@ -72,17 +77,25 @@ PATHS = ("loop", "vectorized", "vectorized_eager")
 
 
 @contextmanager
-def scoring(path: str, model: nn.Module):
+def scoring(path: str, model: nn.Module, rounds: list):
     """Calibrate with the `path` scores: "loop", "vectorized" (the package's own) or
     "vectorized_eager" (the package's, with the model's attention switched from SDPA to the eager
     implementation for the calibration: torch.func has no batching rule for some fused SDPA
-    backward kernels and falls back to a slow per-example loop inside vmap)."""
+    backward kernels and falls back to a slow per-example loop inside vmap). Every round's sampled
+    labels are appended to `rounds`, with the first round's scores (a copy on the device)."""
     from transformers import PreTrainedModel
 
     from mergekit_het.finetune import talos
 
     packaged = talos.sensitivity_scores
-    talos.sensitivity_scores = loop_scores if path == "loop" else packaged
+    scores_fn = loop_scores if path == "loop" else packaged
+
+    def recorded(*args, **kwargs):
+        scores, labels = scores_fn(*args, **kwargs)
+        rounds.append((labels, {n: t.clone() for n, t in scores.items()} if not rounds else None))
+        return scores, labels
+
+    talos.sensitivity_scores = recorded
     inner = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
     before = [m.config._attn_implementation for m in inner]
     if path == "vectorized_eager":
@@ -127,18 +140,26 @@ def setup(args: argparse.Namespace, work: Path):
     return cfg, model, tokenizer, data, acc
 
 
-def calibrate(path: str, cfg, model, tokenizer, data, acc, work: Path) -> tuple[float, dict[str, torch.Tensor]]:
-    """Seconds and masks of the recipe's `talos_masks` with `path` scores, in a fresh work folder."""
+def calibrate(path: str, cfg, model, tokenizer, data, acc, work: Path) -> tuple[float, dict[str, torch.Tensor], list]:
+    """Seconds, masks and (labels, first-round scores) per round of the recipe's `talos_masks`
+    with `path` scores, in a fresh work folder."""
     from mergekit_het.finetune.setup import talos_masks
 
     work.mkdir(parents=True)
     sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
-    with scoring(path, model):
+    rounds: list = []
+    with scoring(path, model, rounds):
         sync()
         start = time.perf_counter()
         masks = talos_masks(cfg, model, tokenizer, data, acc, work)
         sync()
-    return time.perf_counter() - start, masks
+    return time.perf_counter() - start, masks, rounds
+
+
+def score_difference(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
+    """max |got − ref| over all entries, relative to the largest reference score."""
+    top = max(float(r.abs().max()) for r in ref.values())
+    return max(float((g - r).abs().max()) for g, r in zip(got.values(), ref.values())) / top
 
 
 def main() -> None:
@@ -171,14 +192,21 @@ def main() -> None:
     from mergekit_het.finetune.talos import mask_fraction
 
     reference = results.get("loop", results[paths[0]])
+    ref_labels, ref_scores = [lab for lab, _ in reference[2]], reference[2][0][1]
     rows = []
-    for p, (seconds, masks) in results.items():
+    for p, (seconds, masks, rounds) in results.items():
         differ = sum(int((masks[n] != reference[1][n]).sum()) for n in masks)
+        labels_equal = [lab for lab, _ in rounds] == ref_labels
+        first = score_difference(rounds[0][1], ref_scores)
         rows.append({"path": p, "seconds": round(seconds, 3), "ratio_to_loop": round(seconds / reference[0], 4),
                      "masks_equal": differ == 0, "mask_entries_differing": differ,
+                     "mask_entries": sum(m.numel() for m in masks.values()), "labels_equal": labels_equal,
+                     "first_round_score_difference": first,
                      "trainable_fraction": round(mask_fraction(masks), 6)})  # fmt: skip
-        print(f"{p:>10}: {seconds:8.2f} s  ratio {seconds / reference[0]:.3f}  masks equal "
-              f"{'yes' if differ == 0 else f'no ({differ} entries)'}  trainable {mask_fraction(masks):.4f}")  # fmt: skip
+        equal = "yes" if differ == 0 else f"no ({differ} of {rows[-1]['mask_entries']} entries)"
+        print(f"{p:>16}: {seconds:8.2f} s  ratio {seconds / reference[0]:.3f}  masks equal {equal}  sampled labels equal "
+              f"{'yes' if labels_equal else 'no'}  round-1 scores max |Δ| {first:.1e} of the largest  "
+              f"trainable {mask_fraction(masks):.4f}")  # fmt: skip
     setting = {"model": args.model, "task": args.task, "examples": args.examples, "rounds": args.rounds,
                "sparsity": cfg.talos.sparsity, "device": str(acc.device), "torch": torch.__version__,
                "gpu": torch.cuda.get_device_name() if acc.device.type == "cuda" else None}  # fmt: skip
