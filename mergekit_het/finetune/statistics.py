@@ -24,6 +24,7 @@ from torch import nn
 from ..data.tasks import TaskSpec, load_split, num_labels_of
 from ..errors import ConfigError
 from ..io.statistics import STATS_FILE, save
+from ..runtime.device import items_per_call
 from .talos import HEAD_NAMES, per_example_grads, per_example_logits, pooled_length_groups, task_logits
 
 
@@ -78,12 +79,17 @@ def _log_prob_of(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def fisher_statistics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], logits_fn: Callable = task_logits,
-                      chunk: int = 64) -> dict[str, torch.Tensor]:  # fmt: skip
+                      chunk: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """`<param>.fisher` = Σ_x Σ_y p(y|x) (∂ log p(y|x)/∂θ)² (float32) and `fisher_examples`.
     Examples of one real length (`pooled_length_groups`) are expanded into their (example, class)
     pairs, `chunk` pairs per vmapped gradient call: one call per length and chunk rather than one
-    per length, chunk and class (25 classes: 25× fewer calls, each about as costly, launch-bound)."""
+    per length, chunk and class (25 classes: 25× fewer calls, each about as costly, launch-bound).
+    `chunk` None: as many as `items_per_call` allows for a pair's gradients and their squares
+    (float32), at most 64."""
     params = fisher_parameters(model)
+    if chunk is None:
+        device = next(iter(params.values())).device
+        chunk = items_per_call(8 * sum(p.numel() for p in params.values()), device, 64)
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     count = 0
     was_training = model.training

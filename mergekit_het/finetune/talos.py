@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..runtime.device import items_per_call
 
 HEAD_NAMES = ("classifier", "score", "lm_head")  # sequence-classification / LM heads of HF models
 
@@ -173,7 +174,7 @@ def sensitivity_scores(
     samples: int = 1,
     logits_fn: Callable = task_logits,
     progress: bool = False,
-    chunk: int = 32,
+    chunk: int | None = None,
     examples: int | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] = _no_reduce,
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -187,8 +188,9 @@ def sensitivity_scores(
     global index order over all N examples, so the draws are those of one process over the
     pooled data whatever the sharding or batching (and on any device); then the gradients of the
     sampled logits of this process's examples, `chunk` (example, label) pairs at a time
-    (`per_example_grads`), squared and summed in float64 (squares of float32 values are exact
-    there). Equal to a per-example autograd loop up to float32 round-off of the gradients
+    (`per_example_grads`; `chunk` None: as many as `items_per_call` allows for an example's
+    float32 gradients and their float64 squares, at most 32), squared and summed in float64
+    (squares of float32 values are exact there). Equal to a per-example autograd loop up to float32 round-off of the gradients
     (batched kernels; tests/finetune/test_talos.py). The caller sums the scores across processes."""
     was_training = model.training
     model.eval()
@@ -199,6 +201,8 @@ def sensitivity_scores(
     for i in held.nonzero().flatten().tolist():
         labels[i] = torch.tensor([int(torch.multinomial(probs[i], 1, generator=generator)) for _ in range(samples)])
     scores = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    if chunk is None:
+        chunk = items_per_call(20 * sum(p.numel() for p in params.values()), next(iter(params.values())).device, 32)
     with tqdm(total=sum(len(i) for i, _ in groups.values()) * samples, unit="example", desc="talos scores",
               disable=not progress, leave=False) as bar:  # fmt: skip
         for n, (idx, inputs) in groups.items():

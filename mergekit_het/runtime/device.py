@@ -4,6 +4,7 @@
 resolve_device("auto")                 # cuda if a GPU is visible, else cpu
 resolve_device("cuda:1", "--device")   # ConfigError naming --device if there is no cuda:1
 parse_dtype("bf16", "dtype")           # torch.bfloat16
+items_per_call(8 * n_params, dev, 64)  # per-example gradients one vmapped call may hold
 ```
 """
 
@@ -55,3 +56,17 @@ def parse_dtype(name: str | None, option: str = "dtype") -> torch.dtype | None:
     if name not in DTYPES:
         raise ConfigError(f"{option}: unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+HOST_BUDGET = 1 << 30  # bytes of working memory one vectorized call may take on a CPU (or mps)
+DEVICE_BUDGET = 16 << 30  # at most this much of a CUDA device's free memory
+
+
+def items_per_call(item_bytes: int, device: torch.device, cap: int) -> int:
+    """How many items of `item_bytes` working memory each (e.g. one example's per-parameter
+    gradients and their squares) one vectorized call may hold: a quarter of a CUDA device's free
+    memory (at most `DEVICE_BUDGET`), `HOST_BUDGET` elsewhere; at least 1, at most `cap`."""
+    budget = HOST_BUDGET
+    if device.type == "cuda":
+        budget = min(DEVICE_BUDGET, torch.cuda.mem_get_info(device)[0] // 4)
+    return max(1, min(cap, budget // max(item_bytes, 1)))

@@ -44,7 +44,7 @@ def test_gram_batches_of_3_and_5_equal_one_batch_of_8_and_hand_value():
     assert int(parts["a.weight.gram_rows"]) == 8
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 4, 64])  # (example, class) pairs per call: within, at and across examples
+@pytest.mark.parametrize("chunk", [1, 3, 4, 64, None])  # (example, class) pairs per call: within, at and across examples; None: the memory budget
 def test_fisher_of_softmax_layer_matches_closed_form(chunk):
     model, x = Toy(), torch.randn(6, 4)
     got = fisher_statistics(model, [_batch(x[:4]), _batch(x[4:])], chunk=chunk)

@@ -40,3 +40,12 @@ def test_resolve_device_mps_only_where_it_exists():
     else:
         with pytest.raises(ConfigError, match=r"^--device: device 'mps' is not available"):
             resolve_device("mps", "--device")
+
+
+def test_items_per_call_fits_the_host_budget_between_one_and_the_cap():
+    from mergekit_het.runtime.device import HOST_BUDGET, items_per_call
+
+    cpu = torch.device("cpu")
+    assert items_per_call(1, cpu, 64) == 64
+    assert items_per_call(HOST_BUDGET // 3, cpu, 64) == 3
+    assert items_per_call(HOST_BUDGET + 1, cpu, 64) == 1  # one item over the budget still runs
