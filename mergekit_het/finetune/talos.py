@@ -66,8 +66,8 @@ def _functional(model: nn.Module, params: dict[str, nn.Parameter], logits_fn: Ca
 
     def logits(values: dict[str, torch.Tensor], example: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {**{k: v.unsqueeze(0) for k, v in example.items()}, "attention_mask": ones}
-        # tie_weights=False: every name, tied or not, gets the tensor given (or keeps its own); the
-        # tied-weights search walks all modules on every call (~1/8 of the calibration's time)
+        # tie_weights=False: every name, tied or not, gets the tensor given (or keeps its own);
+        # the tied-weights search would walk every module of the model on every call
         call = lambda **kw: functional_call(model, {**fixed, **values}, args=(), kwargs=kw, tie_weights=False)  # noqa: E731
         return logits_fn(call, batch)[0]
 
