@@ -32,9 +32,17 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..finetune.statistics import expert_statistics
 
+    problems = []  # every problem of the arguments at once, before the expert is loaded
     if args.examples < 1 or args.batch_size < 1:
-        raise ConfigError("--examples and --batch-size must be at least 1")
-    (task,) = load_task_file(args.tasks, [args.task])
+        problems.append("--examples and --batch-size must be at least 1")
+    if not Path(args.expert).is_dir():
+        problems.append(f"expert '{args.expert}' is not a folder (the statistics are written beside the expert)")
+    try:
+        (task,) = load_task_file(args.tasks, [args.task])
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
     path = expert_statistics(args.expert, task, examples=args.examples, split=args.split, batch_size=args.batch_size,
                              max_length=args.max_length, device=args.device, gram=not args.no_gram, fisher=args.fisher,
                              mask_padding=args.mask_padding, seed=args.seed)  # fmt: skip

@@ -101,3 +101,12 @@ def test_regmean_without_statistics_file_one_line_error(tiny_bert, tmp_path, cap
     assert main(["merge", str(cfg), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no merge statistics" in err and "mergekit-het stats" in err
+
+
+def test_stats_command_reports_every_argument_problem_in_one_line(tmp_path, capsys):
+    assert main(["stats", str(tmp_path / "missing"), "--tasks", str(tmp_path / "none.yaml"), "--task", "t",
+                 "--examples", "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert "--examples" in err and "missing" in err and "none.yaml" in err
+    assert not (tmp_path / "missing").exists()
