@@ -25,7 +25,7 @@ from ..data.tasks import TaskSpec, load_split, num_labels_of
 from ..errors import ConfigError
 from ..io.statistics import STATS_FILE, save
 from ..runtime.device import items_per_call
-from .talos import HEAD_NAMES, per_example_grads, per_example_logits, pooled_length_groups, task_logits
+from .talos import HEAD_NAMES, Batches, per_example_grads, per_example_logits, pooled_length_groups, task_logits
 
 
 @contextmanager
@@ -78,9 +78,10 @@ def _log_prob_of(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1).gather(0, label.unsqueeze(0))[0]
 
 
-def fisher_statistics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], logits_fn: Callable = task_logits,
+def fisher_statistics(model: nn.Module, batches: Batches, logits_fn: Callable = task_logits,
                       chunk: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """`<param>.fisher` = Σ_x Σ_y p(y|x) (∂ log p(y|x)/∂θ)² (float32) and `fisher_examples`.
+    """`<param>.fisher` = Σ_x Σ_y p(y|x) (∂ log p(y|x)/∂θ)² (float32) and `fisher_examples`, over
+    the (row indices, batch) pairs `batches` (as `eval_batches` yields; the sum needs no order).
     Examples of one real length (`pooled_length_groups`) are expanded into their (example, class)
     pairs, `chunk` pairs per vmapped gradient call: one call per length and chunk rather than one
     per length, chunk and class (25 classes: 25× fewer calls, each about as costly, launch-bound).
@@ -94,8 +95,7 @@ def fisher_statistics(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
     count = 0
     was_training = model.training
     model.eval()
-    indexed = [(torch.arange(len(b["attention_mask"])), b) for b in batches]  # the indices are not used
-    for n, (_, inputs) in pooled_length_groups(indexed).items():
+    for n, (_, inputs) in pooled_length_groups(batches).items():
         probs = torch.softmax(per_example_logits(model, inputs, logits_fn).float(), dim=-1)
         examples, classes = probs.shape
         pairs = {k: v.repeat_interleave(classes, dim=0) for k, v in inputs.items()}  # (example, class), class fastest
@@ -158,12 +158,12 @@ def expert_statistics(expert: str | Path, task: TaskSpec, *, examples: int = 256
     ds = ds.shuffle(seed=seed).select(range(min(examples, len(ds))))
     rows = tokenize(ds, tokenizer, max_length)
 
-    def batches():
-        return [b for _, b in eval_batches(rows, tokenizer, batch_size, device=dev)]
+    def batches():  # (row indices, padded batch) pairs
+        return eval_batches(rows, tokenizer, batch_size, device=dev)
 
     stats: dict[str, torch.Tensor] = {}
     if gram:
-        stats.update(gram_statistics(model, batches(), mask_padding))
+        stats.update(gram_statistics(model, (b for _, b in batches()), mask_padding))
     if fisher:
         stats.update(fisher_statistics(model, batches()))
     src = open_model(str(folder))

@@ -47,7 +47,7 @@ def test_gram_batches_of_3_and_5_equal_one_batch_of_8_and_hand_value():
 @pytest.mark.parametrize("chunk", [1, 3, 4, 64, None])  # (example, class) pairs per call: within, at and across examples; None: the memory budget
 def test_fisher_of_softmax_layer_matches_closed_form(chunk):
     model, x = Toy(), torch.randn(6, 4)
-    got = fisher_statistics(model, [_batch(x[:4]), _batch(x[4:])], chunk=chunk)
+    got = fisher_statistics(model, [(torch.arange(4), _batch(x[:4])), (torch.arange(4, 6), _batch(x[4:]))], chunk=chunk)
     h = torch.relu(model.a(x)).detach()
     p = torch.softmax(model.b(h), dim=-1).detach()
     # ∂ log p_y / ∂W₂ = (e_y − p) hᵀ  ⇒  F = Σ_x Σ_y p_y ((e_y − p) hᵀ)²
